@@ -1,0 +1,31 @@
+# make demo: set everything up and run the pipeline on the embedded dataset.
+# make test: set everything up and run the test suite.
+VENV ?= .venv
+PYTHON ?= python3
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.imf-installed
+DEMO_DIR ?= demo_out
+
+.PHONY: install test demo bench-cpu clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	@# Without a GPU, take the CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
+	@if command -v nvidia-smi >/dev/null 2>&1; then echo "GPU found: torch comes from pyproject's range"; \
+	else $(PY) -m pip install -q --disable-pip-version-check torch==2.13.0; fi
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	$(VENV)/bin/imf demo --out $(DEMO_DIR)
+
+bench-cpu: $(STAMP)
+	$(PY) bench/toy_objectives.py --steps 300
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR)

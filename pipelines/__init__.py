@@ -1,0 +1,1 @@
+"""The imf pipeline: encode, train, tune, register, sample and evaluate on Ray and MLflow."""

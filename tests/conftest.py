@@ -1,0 +1,19 @@
+import pytest
+import torch
+
+
+def randomize(net: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
+    """Replace every parameter (zero-initialised gates and final layers too) with small random values."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(std * torch.randn(p.shape, generator=g, dtype=p.dtype))
+    return net
+
+
+@pytest.fixture
+def micro_net():
+    from imf_core import build_model
+
+    torch.manual_seed(0)
+    return randomize(build_model("Micro/2", input_size=8, in_channels=4, num_classes=10)).double()

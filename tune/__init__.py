@@ -1,0 +1,1 @@
+"""Ray Tune sweeps over guidance-conditioning ranges and time samplers."""
