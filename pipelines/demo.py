@@ -59,3 +59,10 @@ def run_core_demo(out: Path, seconds: float = 60.0, batch: int = 64, seed: int =
         paths.append(save_grid(images, out / f"samples_1nfe_omega{omega:g}.png", columns=per_class, scale=4))
     print(f"trained {step} steps; 1-NFE sample grids (one row per class):", *paths, sep="\n  ")
     return paths
+
+
+def register(steps):
+    parser = steps.add_parser("demo", help="run the whole pipeline on the embedded dataset")
+    parser.add_argument("--out", default="demo_out")
+    parser.add_argument("--seconds", type=float, default=90.0)
+    parser.set_defaults(func=lambda args: run_core_demo(Path(args.out), seconds=args.seconds) and None)

@@ -17,3 +17,13 @@ def micro_net():
 
     torch.manual_seed(0)
     return randomize(build_model("Micro/2", input_size=8, in_channels=4, num_classes=10)).double()
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray instance for the whole test session (started on first use)."""
+    from pipelines.runtime import start_ray
+
+    ray = start_ray(None, num_cpus=4)
+    yield ray
+    ray.shutdown()
