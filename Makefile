@@ -14,6 +14,8 @@ $(STAMP): pyproject.toml
 	@if command -v nvidia-smi >/dev/null 2>&1; then echo "GPU found: torch comes from pyproject's range"; \
 	else $(PY) -m pip install -q --disable-pip-version-check torch==2.13.0; fi
 	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	@# torch-fidelity declares torchvision, whose PyPI wheels do not load beside this torch; its Inception-v3 needs none of it.
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps "torch-fidelity==0.4.0"
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -134,9 +134,10 @@ def draw_step(batch_size: int, data_shape, cfg: DrawConfig, generator: torch.Gen
     return StepDraws(t=t, r=r, noise=noise, omega=omega, t_min=t_min, t_max=t_max, drop=drop)
 
 
-def step_generator(seed: int, step: int, rank: int = 0, device="cpu") -> torch.Generator:
-    """A generator whose stream depends only on (seed, step, rank)."""
-    state = np.random.SeedSequence((seed, step, rank)).generate_state(2, np.uint32)
+def step_generator(seed: int, step: int, rank: int = 0, stream: int = 0, device="cpu") -> torch.Generator:
+    """A generator whose stream depends only on (seed, step, rank, stream); `stream` separates
+    independent uses within one step (e.g. 0: the objective's draws, 1: data augmentation)."""
+    state = np.random.SeedSequence((seed, step, rank, stream)).generate_state(2, np.uint32)
     g = torch.Generator(device=device)
     g.manual_seed(int(state[0]) << 31 | int(state[1]) >> 1)
     return g

@@ -28,12 +28,14 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
         os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "ray_imf"))
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
+        # Train workers would otherwise route print() through a logger and echo each progress line twice.
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         ray.init(address="local", num_cpus=num_cpus or local_cpus(), object_store_memory=object_store_bytes,
-                 include_dashboard=False, logging_level="WARNING", configure_logging=True,
-                 _temp_dir=os.environ["RAY_TMPDIR"])
+                 include_dashboard=False, logging_level="WARNING", _temp_dir=os.environ["RAY_TMPDIR"],
+                 logging_config=ray.LoggingConfig(log_level="WARNING"))
     else:
         try:
-            ray.init(address=address, logging_level="WARNING")
+            ray.init(address=address, logging_level="WARNING", logging_config=ray.LoggingConfig(log_level="WARNING"))
         except (ConnectionError, RuntimeError, ValueError) as err:
             raise UserError(
                 f"cannot reach the Ray cluster at {address!r} ({err}). Start one with `ray start --head` "

@@ -4,7 +4,7 @@ from imf_core import IMFObjective
 from imf_core.toy import ToyMLP, toy_distance, train_toy
 
 
-@pytest.mark.timeout(120)
+@pytest.mark.timeout(400)
 def test_imf_learns_a_class_conditional_mixture_in_one_step():
     untrained = toy_distance(ToyMLP(4), steps=1)
     net = train_toy(IMFObjective(num_classes=4), steps=1500)

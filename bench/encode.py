@@ -1,0 +1,124 @@
+"""Encode throughput: `imf encode` through Ray Data versus a bare loop over the same files.
+
+Both sides use the same code (decode_shard, write_encoded_shard), the same codec, shards and
+decode parallelism: the bare loop decodes shards in a process pool of --workers and runs one
+codec replica in the main process; the Ray side gets --workers CPUs for decode tasks plus
+one codec actor. Prints images/s of each and the ratio Ray / bare (target >= 0.9).
+    python bench/encode.py                                   # CPU, pixel codec, synthetic JPEGs
+    python bench/encode.py --codec sd-vae --resolution 256   # SD-VAE architecture (random weights)
+Without --images it writes a synthetic class-folder tree of JPEGs of mixed sizes.
+"""
+
+import argparse
+import multiprocessing
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from pipelines.datasets import decode_shard
+from pipelines.encode import build_codec, plan_encode, run_encode, write_encoded_shard
+from pipelines.runtime import start_ray
+
+
+def synthetic_tree(root: Path, count: int, size: int, classes: int = 10, seed: int = 0):
+    """Smooth random JPEGs (short side `size`, various aspect ratios) in `classes` folders."""
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        folder = root / f"class{i % classes:03d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        w, h = (int(size * rng.uniform(1.0, 1.5)), size) if i % 2 else (size, int(size * rng.uniform(1.0, 1.5)))
+        coarse = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8))
+        coarse.resize((w, h), Image.BICUBIC).save(folder / f"{i:06d}.jpg", quality=90)
+
+
+def sd_vae_architecture(path: Path) -> str:
+    """SD-VAE's architecture (diffusers AutoencoderKL defaults of SD 1.x) with random weights: same cost."""
+    from diffusers import AutoencoderKL
+
+    AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(128, 256, 512, 512),
+                  layers_per_block=2, down_block_types=("DownEncoderBlock2D",) * 4,
+                  up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32, sample_size=256).save_pretrained(path)
+    return str(path)
+
+
+def _decode_job(job):
+    root, resolution, shard, paths, indices, labels = job
+    return shard, decode_shard(root, paths, indices, labels, resolution)
+
+
+def bare_loop(plan, workers: int, batch_size: int, dtype: str) -> tuple:
+    """A process pool decoding shards, feeding one codec in this process. -> (images, seconds, first shard at s)."""
+    start = time.time()
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    codec = build_codec(plan.codec, device, dtype)
+    jobs = []
+    for k in range(plan.num_shards):
+        index = range(k * plan.shard_size, min((k + 1) * plan.shard_size, len(plan.files)))
+        jobs.append((str(plan.images), plan.resolution, k, [plan.files[i][0] for i in index], list(index),
+                     [plan.files[i][1] for i in index]))
+    encoded, first = 0, None
+    with multiprocessing.get_context("fork").Pool(workers) as pool:
+        for shard, decoded in pool.imap(_decode_job, jobs):
+            encoded += write_encoded_shard(codec, plan.out, plan.shard_meta(), shard, decoded, batch_size)
+            first = first or (time.time() - start, encoded)
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return encoded, time.time() - start, first[0]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--images", default=None, help="a class-folder tree (default: synthetic JPEGs)")
+    parser.add_argument("--count", type=int, default=2000, help="synthetic images")
+    parser.add_argument("--source-size", type=int, default=320, help="short side of the synthetic images")
+    parser.add_argument("--resolution", type=int, default=64)
+    parser.add_argument("--codec", choices=["pixels", "sd-vae"], default="pixels")
+    parser.add_argument("--vae", default=None, help="sd-vae weights (default: SD-VAE architecture, random weights)")
+    parser.add_argument("--workers", type=int, default=2, help="decode processes (bare) = decode CPUs (Ray)")
+    parser.add_argument("--shard-size", type=int, default=100)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--dtype", default="float32")
+    args = parser.parse_args()
+
+    scratch = Path(tempfile.mkdtemp(prefix="imf_bench_encode_"))
+    try:
+        images = Path(args.images) if args.images else scratch / "images"
+        if not args.images:
+            synthetic_tree(images, args.count, args.source_size)
+        vae = args.vae or (sd_vae_architecture(scratch / "vae") if args.codec == "sd-vae" else None)
+
+        def plan(name):
+            return plan_encode(images, scratch / name, codec=args.codec, vae=vae, resolution=args.resolution,
+                               shard_size=args.shard_size)
+
+        gpu = torch.cuda.is_available()
+        # The codec actor takes 1 CPU beside its GPU, or 2 CPUs without one (see encode.actor_pool).
+        start_ray(None, num_cpus=args.workers + (1 if gpu else 2), object_store_bytes=2 << 30)
+        warm = plan_encode(images, scratch / "warmup", codec=args.codec, vae=vae, resolution=args.resolution,
+                           shard_size=max(1, args.shard_size // 4))
+        warm.files = warm.files[: 2 * warm.shard_size]  # starts Ray's worker processes, as on a running cluster
+        run_encode(warm, actors=1, batch_size=args.batch_size, dtype=args.dtype)
+
+        bare = plan("bare")
+        bare_run = bare_loop(bare, args.workers, args.batch_size, args.dtype)
+        summary = run_encode(plan("ray"), actors=1, batch_size=args.batch_size, dtype=args.dtype)
+        ray_run = summary["encoded_this_run"], summary["seconds"], summary["first_shard"][0]
+        print(f"\nencode {len(bare.files)} images, codec {args.codec}, {args.resolution} px, {args.workers} decode "
+              f"workers, 1 codec replica on {'GPU' if gpu else 'CPU'}")
+        print(f"{'':34s} {'images/s':>9s} {'seconds':>8s} {'1st shard at s':>15s}")
+        for name, (n, seconds, first) in [("bare loop (process pool + codec)", bare_run),
+                                          ("Ray Data (imf encode)", ray_run)]:
+            print(f"  {name:32s} {n / seconds:9.1f} {seconds:8.1f} {first:15.1f}")
+        ratio = (ray_run[0] / ray_run[1]) / (bare_run[0] / bare_run[1])
+        print(f"  ratio Ray / bare: {ratio:.3f}   (target >= 0.9; start-up, mostly the codec actor's, is in it)")
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,90 @@
+"""MLflow helpers: a local store by default, explicit experiment ids, and logging that
+turns a vanished tracking server into warnings instead of a failed run."""
+
+import os
+import warnings
+from pathlib import Path
+
+from .errors import UserError
+
+
+def default_tracking_uri(root="mlruns") -> str:
+    """A local SQLite store under ./mlruns (artifacts beside it)."""
+    root = Path(root).resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def artifact_root(tracking_uri: str) -> str | None:
+    """Where a local store keeps artifacts (None: let the server decide)."""
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    if tracking_uri.startswith("file:") or "://" not in tracking_uri:
+        return None
+    return None
+
+
+def experiment_id(client, name: str, tracking_uri: str) -> str:
+    """Get or create `name`, with an explicit artifact location for local stores."""
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    root = artifact_root(tracking_uri)
+    location = f"{root}/{name.replace('/', '_')}" if root else None
+    return client.create_experiment(name, artifact_location=location)
+
+
+def connect(tracking_uri: str | None):
+    """An MlflowClient for the URI (default: the local store); an unreachable server is a UserError."""
+    from mlflow.tracking import MlflowClient
+
+    uri = tracking_uri or default_tracking_uri()
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        client.search_experiments(max_results=1)
+    except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
+        raise UserError(f"cannot reach the MLflow tracking store {uri!r} ({err.__class__.__name__}: "
+                        f"{str(err)[:200]}). Start it (e.g. `mlflow server --host 127.0.0.1`) or pass "
+                        "--tracking-uri sqlite:////abs/path/mlflow.db") from err
+    return client, uri
+
+
+class TolerantLogger:
+    """Logs to one MLflow run; on a failing server, warns (once per kind) and carries on."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        # Fail fast on a vanished server (MLflow reads these per request).
+        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = os.environ.get("IMF_MLFLOW_RETRIES", "1")
+        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = os.environ.get("IMF_MLFLOW_TIMEOUT", "10")
+        from mlflow.tracking import MlflowClient
+
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.run_id = run_id
+        self.failures = 0
+
+    def _guard(self, what, fn, *args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as err:  # noqa: BLE001 - tracking must never stop training
+            self.failures += 1
+            if self.failures <= 3 or self.failures % 100 == 0:
+                warnings.warn(f"MLflow {what} failed ({err.__class__.__name__}: {str(err)[:160]}); "
+                              f"training continues ({self.failures} failures so far)", stacklevel=3)
+            return None
+
+    def metrics(self, values: dict, step: int):
+        from mlflow.entities import Metric
+        import time
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, step) for k, v in values.items()]
+        self._guard("log metrics", self.client.log_batch, self.run_id, metrics=batch)
+
+    def artifact(self, path, artifact_path=None):
+        self._guard("log artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
+
+    def tag(self, key, value):
+        self._guard("set tag", self.client.set_tag, self.run_id, key, str(value))
+
+    def terminate(self, status: str):
+        self._guard("end run", self.client.set_terminated, self.run_id, status=status)

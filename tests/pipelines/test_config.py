@@ -1,0 +1,65 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from pipelines.config import check_workers, config_from_dict, load_config
+from pipelines.errors import UserError
+
+CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
+
+
+def test_defaults_are_the_papers_recipe():
+    cfg = config_from_dict({})
+    assert cfg.model.name == "B/2"
+    assert (cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.weight_decay, cfg.optim.warmup_epochs) == (1e-4, (0.9, 0.95), 0.0, 10.0)
+    assert (cfg.train.batch_size, cfg.train.ema_decays, cfg.optim.grad_clip) == (1024, (0.9999,), None)
+    d = cfg.draw_config()
+    assert (d.P_mean, d.P_std, d.ratio_r_neq_t, d.omega_max, d.omega_beta, d.class_dropout) == (-0.4, 1.0, 0.5, 8.0, 1.0, 0.1)
+    assert (d.t_min_range, d.t_max_range) == ((0.0, 0.5), (0.5, 1.0))
+    assert (cfg.objective.norm_p, cfg.objective.norm_eps, cfg.objective.tangent) == (1.0, 0.01, "aux")
+
+
+@pytest.mark.parametrize("name,size,omega,interval", [
+    ("imf_b2", "B/2", 8.0, (0.40, 0.65)), ("imf_m2", "M/2", 10.5, (0.40, 0.60)),
+    ("imf_l2", "L/2", 10.5, (0.40, 0.60)), ("imf_xl2", "XL/2", 8.0, (0.42, 0.62)),
+])
+def test_a_config_per_model_size(name, size, omega, interval):
+    cfg = load_config(CONFIGS / f"{name}.yaml")
+    assert cfg.model.name == size and cfg.train.batch_size == 1024
+    assert omega in cfg.sampling.omegas and (cfg.sampling.t_min, cfg.sampling.t_max) == interval
+
+
+@pytest.mark.parametrize("raw,needle", [
+    ({"optim": {"lr": -1e-4}}, "optim.lr = -0.0001 must be > 0"),
+    ({"draws": {"omega_max": 0.5}}, "omega_max = 0.5 must be >= 1"),
+    ({"draws": {"t_min_range": [-0.2, 0.5]}}, "t_min_range = (-0.2, 0.5)"),
+    ({"model": {"name": "Q/7"}}, "model.name 'Q/7' is unknown"),
+    ({"optim": {"learning_rate": 1}}, "optim: unknown key(s) learning_rate"),
+    ({"draws": {"omega_maximum": 3}}, "draws: unknown key(s) omega_maximum"),
+    ({"trian": {}}, "unknown section(s) trian"),
+])
+def test_invalid_values_are_refused_with_the_key(raw, needle):
+    with pytest.raises(UserError) as err:
+        config_from_dict(raw)
+    assert needle in str(err.value)
+
+
+def test_all_problems_are_reported_at_once(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump({"optim": {"lr": 0}, "draws": {"omega_max": 0.1}}))
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    assert "optim.lr" in str(err.value) and "omega_max" in str(err.value) and str(path) in str(err.value)
+
+
+def test_batch_must_divide_over_workers():
+    cfg = config_from_dict({"train": {"batch_size": 10}})
+    check_workers(cfg, 2)
+    with pytest.raises(UserError, match="not divisible by --workers 3"):
+        check_workers(cfg, 3)
+
+
+def test_missing_config_file_names_the_path(tmp_path):
+    with pytest.raises(UserError, match="nope.yaml not found"):
+        load_config(tmp_path / "nope.yaml")
