@@ -5,6 +5,7 @@ MLflow in a local SQLite store) -> 1-NFE sample grids logged to the run.
 `imf demo --core-only` trains with imf_core alone, no Ray or MLflow.
 """
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -66,6 +67,18 @@ def run_core_demo(out: Path, seconds: float = 60.0, batch: int = 64, seed: int =
 
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
+MODEL_NAME = "imf-digits-demo"
+
+
+def sample_grid(npz: Path, path: Path, per_class: int = 10) -> Path:
+    """The first `per_class` samples of every class, one row per class."""
+    import numpy as np
+
+    data = np.load(npz)
+    images, labels = data["arr_0"], data["labels"]
+    rows = [images[labels == c][:per_class] for c in np.unique(labels)]
+    chosen = torch.from_numpy(np.concatenate(rows)).permute(0, 3, 1, 2).float() / 127.5 - 1
+    return save_grid(chosen, path, columns=per_class, scale=4)
 
 
 def run_pipeline_demo(out: Path, workers: int = 2, max_steps: int | None = None) -> int:
@@ -85,7 +98,7 @@ def run_pipeline_demo(out: Path, workers: int = 2, max_steps: int | None = None)
     if not (images / "0").is_dir():
         step("the embedded dataset as class folders", ["data", "embedded", "--out", str(images)])
     step("encode to latent shards (Ray Data)", ["encode", "--images", str(images), "--out", str(latents),
-                                                "--codec", "pixels", "--resolution", "8"])
+                                                "--codec", "pixels", "--resolution", "8", "--grayscale"])
     config = CONFIGS / "demo.yaml"
     if max_steps:
         import yaml
@@ -95,13 +108,24 @@ def run_pipeline_demo(out: Path, workers: int = 2, max_steps: int | None = None)
         config = out / "demo.yaml"
         config.write_text(yaml.safe_dump(raw))
     name = time.strftime("demo-%Y%m%d-%H%M%S")
-    step(f"train iMF Tiny/2 on {workers} CPU workers (Ray Train)", [
+    step(f"train iMF Tiny/2 on {workers} CPU workers (Ray Train), register the EMA weights", [
         "train", "--data", str(latents), "--config", str(config), "--workers", str(workers),
-        "--storage", str(runs), "--name", name, "--tracking-uri", tracking])
-    grids = sorted((out / "mlruns" / "artifacts").rglob("samples/*/omega_*.png"))
+        "--storage", str(runs), "--name", name, "--tracking-uri", tracking, "--register", MODEL_NAME])
+    model = f"models:/{MODEL_NAME}@champion"
+    step("score guidance settings without retraining; store the best on the version", [
+        "evaluate", "sweep", "--model", model, "--reference", "digits", "--omegas", "1,1.5,2,3,4",
+        "--intervals", "0:1,0.2:0.8", "--num", "500", "--out", str(out / "sweep"), "--tracking-uri", tracking])
+    samples = out / "samples"
+    step("1-NFE generation with Ray Data at the best setting", [
+        "sample", "--model", model, "--num", "1000", "--out", str(samples), "--format", "npz",
+        "--shard-size", "250", "--tracking-uri", tracking])
+    step("evaluate against the real digits", [
+        "evaluate", "--samples", str(samples), "--reference", "digits", "--out", str(out / "metrics.json")])
+    grid = sample_grid(samples / "samples.npz", out / "samples_grid.png")
     print("\n=== imf demo: done")
-    if grids:
-        print("1-NFE sample grids (one row per class):", *[str(g) for g in grids[-3:]], sep="\n  ")
+    print(f"metrics: {json.loads((out / 'metrics.json').read_text())}")
+    print(f"1-NFE samples (one row per class): {grid}")
+    print(f"metric versus omega: {next((out / 'sweep').glob('*_vs_omega.png'), None)}")
     mlflow = Path(sys.executable).parent / "mlflow"
     print(f"MLflow UI:  {mlflow} ui --backend-store-uri {tracking} --host 127.0.0.1  (then open http://127.0.0.1:5000)")
     return 0

@@ -78,7 +78,7 @@ def _describe(settings: dict) -> str:
 
 
 def plan_encode(images, out, codec: str = "pixels", vae=None, resolution: int = 256, flip: bool = False,
-                shard_size: int | None = None) -> Plan:
+                shard_size: int | None = None, grayscale: bool = False) -> Plan:
     """Check every input and the output folder, before Ray starts; raises UserError. Writes nothing
     (only removes temporary files of writes that a killed run left in `out`)."""
     images, out = Path(images).absolute(), Path(out).absolute()
@@ -90,7 +90,9 @@ def plan_encode(images, out, codec: str = "pixels", vae=None, resolution: int = 
     if vae and Path(vae).is_dir():
         vae = str(Path(vae).absolute())  # Ray workers do not share the driver's working directory
     try:
-        model = make_codec(codec, weights=vae, channels=3)
+        if grayscale and codec != "pixels":
+            raise ValueError("--grayscale applies to the pixels codec only")
+        model = make_codec(codec, weights=vae, channels=1 if grayscale else 3)
         latent_shape = list(model.latent_shape(resolution))
     except FileNotFoundError as err:
         raise UserError(f"--vae: {err}") from None
@@ -148,6 +150,9 @@ def build_codec(info: dict, device: str, dtype: str = "float32"):
 def encode_pixels(codec, pixels: np.ndarray, batch_size: int, flip: bool):
     """uint8 (N, R, R, 3) -> (moments, mirrored moments or None, per-channel sums of the means); N > 0."""
     images = torch.tensor(pixels).permute(0, 3, 1, 2)  # a copy: Ray hands over read-only arrays
+    if getattr(codec, "channels", 3) == 1:  # ITU-R 601 luma, as Pillow's convert("L")
+        luma = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        images = (images.float() * luma).sum(1, keepdim=True).round()
     parts = {"mean": [], "std": [], "mean_f": [], "std_f": []}
     for start in range(0, len(images), batch_size):
         x = images[start:start + batch_size].float() / 127.5 - 1.0
@@ -298,7 +303,7 @@ def write_manifest(plan: Plan) -> dict:
 
 def _main(args):
     plan = plan_encode(args.images, args.out, codec=args.codec, vae=args.vae, resolution=args.resolution,
-                       flip=args.flip, shard_size=args.shard_size)
+                       flip=args.flip, shard_size=args.shard_size, grayscale=args.grayscale)
     run_encode(plan, address=args.address, actors=args.actors, batch_size=args.batch_size, dtype=args.dtype)
 
 
@@ -312,6 +317,7 @@ def register(steps):
                              f"(default {DEFAULT_VAE})")
     parser.add_argument("--resolution", type=int, default=256, help="side of the ADM centre crop, in pixels")
     parser.add_argument("--flip", action="store_true", help="also store the moments of the mirrored images")
+    parser.add_argument("--grayscale", action="store_true", help="pixels codec: one luma channel instead of RGB")
     parser.add_argument("--shard-size", type=int, default=None,
                         help=f"images per shard (default {DEFAULT_SHARD_SIZE}, or the interrupted run's)")
     parser.add_argument("--batch-size", type=int, default=64, help="images per codec forward pass")

@@ -205,6 +205,10 @@ def _extractor(args, required):
 
 
 def _run(args):
+    if args.action == "sweep":
+        from .guidance_sweep import run_sweep
+
+        return run_sweep(args)
     if args.action == "reference":
         extractor = None if args.no_inception else _extractor(args, required=False)
         ref = build_reference(args.images, args.name, extractor, crop=args.center_crop)
@@ -246,7 +250,11 @@ def register(steps):
     ref.add_argument("--name", help="name used in metric keys (default: the folder's name)")
     ref.add_argument("--center-crop", type=int, help="ADM centre crop of image files to SIZE x SIZE")
     ref.add_argument("--no-inception", action="store_true", help="skip Inception statistics")
-    for p, keep in ((parser, False), (ref, True)):  # accepted either side of `reference`
+    from .guidance_sweep import add_sweep_parser
+
+    sweep = add_sweep_parser(actions)
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; default sqlite under ./mlruns")
+    for p, keep in ((parser, False), (ref, True), (sweep, True)):  # accepted either side of the action
         p.add_argument("--inception-weights", default=argparse.SUPPRESS if keep else None,
                        help=f"torch-fidelity's Inception-v3 .pth (or ${WEIGHTS_ENV})")
         p.add_argument("--device", default=argparse.SUPPRESS if keep else None,

@@ -91,3 +91,18 @@ def test_reader_yields_labelled_pixel_latents_and_mirror_images_through_ray_data
     shapes = [(x.shape, y.tolist()) for x, y in training_batches(ds, 4, g, manifest, flip=False)]
     assert len(shapes) == 3 and all(s == (4, 3, 8, 8) for s, _ in shapes)
     assert sorted(sum((lab for _, lab in shapes), [])) == sorted(labels.values())
+
+
+def test_grayscale_pixels_are_one_luma_channel(tmp_path, ray_session):
+    from PIL import Image
+
+    written = make_tree(tmp_path / "images", classes=("a", "b"), per_class=2, size=8)
+    run_encode(plan_encode(tmp_path / "images", tmp_path / "out", codec="pixels", resolution=8, grayscale=True))
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["latent_shape"] == [1, 8, 8] and manifest["codec"]["channels"] == 1
+    ordered = sorted(written, key=lambda rel: (manifest["class_names"].index(rel.split("/")[0]), rel))
+    batch = next(iter(latent_dataset(tmp_path / "out").iter_torch_batches(batch_size=4, dtypes=TORCH_DTYPES)))
+    x, _ = to_training_batch(batch, torch.Generator().manual_seed(0), manifest["latent_shape"], flip=False)
+    for i, xi in zip(batch["index"].tolist(), x):
+        luma = np.asarray(Image.fromarray(written[ordered[i]]).convert("L"), dtype=np.float32)
+        np.testing.assert_allclose(xi[0].numpy(), luma / 127.5 - 1, atol=1.5 / 127.5)

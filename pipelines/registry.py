@@ -1,0 +1,282 @@
+"""Registered imf models: EMA weights as safetensors + JSON config, a pyfunc that makes images,
+aliases (champion / challenger), and the `imf models` commands.
+
+An imf model folder (what a version's `imf_model` artifact holds):
+    model.safetensors   inference network (u-branch; no v-branch), from the first EMA
+    config.json         {"model": network kwargs, "codec": codec description, "latent_shape",
+                         "resolution", "num_classes", "class_names", "guidance": {omega, t_min, t_max, steps}}
+    vae/                the VAE folder, when the codec's weights are a local folder
+"""
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from safetensors.torch import load_file
+
+from imf_core import load_official, save_model
+from imf_core.checkpoint import load_strict, read_config
+from imf_core.codecs import SD_VAE_MEAN, SD_VAE_STD
+from imf_core.model import IMFDiT
+
+from .errors import UserError
+from .tracking import connect
+
+IMF_ROOT = Path(__file__).resolve().parents[1] / "imf_core"
+PYFUNC_FILE = Path(__file__).resolve().parent / "pyfunc_model.py"
+# The authors' released 1-NFE settings (METHOD.md §8).
+OFFICIAL_GUIDANCE = {
+    "B/2": {"omega": 8.0, "t_min": 0.40, "t_max": 0.65, "steps": 1},
+    "M/2": {"omega": 10.5, "t_min": 0.40, "t_max": 0.60, "steps": 1},
+    "L/2": {"omega": 10.5, "t_min": 0.40, "t_max": 0.60, "steps": 1},
+    "XL/2": {"omega": 8.0, "t_min": 0.42, "t_max": 0.62, "steps": 1},
+}
+SD_VAE_HUB = "stabilityai/sd-vae-ft-mse"
+
+
+def folder_from_checkpoint(checkpoint, out, manifest: dict | None = None, guidance: dict | None = None,
+                           decay=None) -> Path:
+    """Turn a training checkpoint (model/, ema.safetensors) into an imf model folder with EMA weights.
+
+    `manifest` (codec, shapes, classes) defaults to the dataset summary the checkpoint carries."""
+    checkpoint, out = Path(checkpoint), Path(out)
+    if not (checkpoint / "model" / "config.json").is_file():
+        raise UserError(f"{checkpoint} is not an imf training checkpoint (no model/config.json)")
+    saved = read_config(checkpoint / "model")
+    manifest = manifest or saved.get("dataset")
+    if not manifest:
+        raise UserError(f"{checkpoint} does not record its dataset: pass the latent folder it was trained on")
+    net = IMFDiT(**saved["model"])
+    weights = load_file(str(checkpoint / "model" / "model.safetensors"))
+    ema_file = checkpoint / "ema.safetensors"
+    if ema_file.is_file():
+        ema = load_file(str(ema_file))
+        decays = sorted({k.split("/")[0] for k in ema})
+        chosen = f"ema_{decay}" if decay is not None else decays[0]
+        if chosen not in decays:
+            raise UserError(f"{checkpoint} has EMA decays {', '.join(decays)}, not {chosen}")
+        weights = {**weights, **{k.split("/", 1)[1]: v for k, v in ema.items() if k.startswith(chosen + "/")}}
+    load_strict(net, weights, source=str(checkpoint))
+    train_cfg = saved.get("train_config", {})
+    sampling = train_cfg.get("sampling", {})
+    guidance = guidance or {"omega": max(sampling.get("omegas", [1.0])), "t_min": sampling.get("t_min", 0.0),
+                            "t_max": sampling.get("t_max", 1.0), "steps": 1}
+    return write_folder(out, net, manifest["codec"], manifest["latent_shape"], manifest["resolution"],
+                        manifest["num_classes"], manifest.get("class_names"), guidance,
+                        extra={"train_config": train_cfg, "source": str(checkpoint)})
+
+
+def write_folder(out, net: IMFDiT, codec: dict, latent_shape, resolution, num_classes, class_names, guidance,
+                 extra=None) -> Path:
+    out = Path(out)
+    lean = IMFDiT(**{**net.config, "v_head": False})
+    lean.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("v_heads.")})
+    save_model(out, lean, extra={"codec": codec, "latent_shape": list(latent_shape), "resolution": resolution,
+                                 "num_classes": num_classes, "class_names": class_names, "guidance": guidance,
+                                 **(extra or {})})
+    weights = codec.get("weights", "")
+    if weights and Path(weights).is_dir():
+        shutil.copytree(weights, out / "vae", dirs_exist_ok=True)
+    return out
+
+
+def register_folder(folder, name: str, tracking_uri: str | None, run_id: str | None = None,
+                    aliases=("challenger",), tags: dict | None = None, description: str = ""):
+    """Log the folder as a pyfunc model in `run_id` (or a new run) and register it under `name`.
+
+    The version gets `aliases` (and `champion` when the model has no champion yet). Returns the ModelVersion.
+    """
+    import mlflow
+
+    client, uri = connect(tracking_uri)
+    mlflow.set_tracking_uri(uri)
+    config = json.loads((Path(folder) / "config.json").read_text())
+    experiment = None
+    if run_id is None:
+        from .tracking import experiment_id
+
+        experiment = experiment_id(client, "imf/registry", uri)
+    with mlflow.start_run(run_id=run_id, experiment_id=experiment, run_name=None if run_id else f"register-{name}"):
+        info = mlflow.pyfunc.log_model(
+            name="model", python_model=str(PYFUNC_FILE), artifacts={"imf_model": str(folder)},
+            code_paths=[str(IMF_ROOT)], registered_model_name=name,
+            pip_requirements=["torch", "numpy", "safetensors", "diffusers", "pandas"],
+        )
+    version = str(info.registered_model_version)
+    guidance = config.get("guidance", {})
+    all_tags = {**{f"imf.guidance.{k}": v for k, v in guidance.items()},
+                "imf.model": json.dumps(config["model"]), "imf.codec": config["codec"]["codec"], **(tags or {})}
+    for key, value in all_tags.items():
+        client.set_model_version_tag(name, version, key, value if isinstance(value, str) else json.dumps(value))
+    if description:
+        client.update_model_version(name, version, description=description)
+    current = client.get_registered_model(name).aliases or {}
+    for alias in set(aliases) | ({"champion"} if "champion" not in current else set()):
+        client.set_registered_model_alias(name, alias, version)
+    return client.get_model_version(name, version)
+
+
+def register_checkpoint(checkpoint, name, tracking_uri, manifest: dict | None = None, run_id=None, aliases=("challenger",),
+                        metrics: dict | None = None, config: dict | None = None, guidance: dict | None = None):
+    """Register a training checkpoint's EMA network under `name` (used by train and tune)."""
+    with tempfile.TemporaryDirectory(prefix="imf_model_") as tmp:
+        folder = folder_from_checkpoint(checkpoint, Path(tmp) / "imf_model", manifest, guidance)
+        tags = {f"metric.{k}": v for k, v in (metrics or {}).items()}
+        if config is not None:
+            tags["imf.train_config"] = json.dumps(config)
+        return register_folder(folder, name, tracking_uri, run_id, aliases, tags,
+                               description=f"EMA weights of {checkpoint}")
+
+
+def import_official(path, size: str, name: str, tracking_uri, vae: str = SD_VAE_HUB, aliases=("challenger",)):
+    """Register a checkpoint released by the authors (their torch branch's .pth) with its guidance settings."""
+    if size not in OFFICIAL_GUIDANCE:
+        raise UserError(f"--size {size!r}: the authors released {', '.join(OFFICIAL_GUIDANCE)}")
+    net = load_official(path, size)
+    codec = {"codec": "sd-vae", "weights": vae, "channels": 4, "channel_mean": list(SD_VAE_MEAN),
+             "channel_std": list(SD_VAE_STD)}
+    with tempfile.TemporaryDirectory(prefix="imf_model_") as tmp:
+        folder = write_folder(Path(tmp) / "imf_model", net, codec, (4, 32, 32), 256, 1000, None,
+                              OFFICIAL_GUIDANCE[size], extra={"source": f"official {Path(path).name}"})
+        tags = {"imf.source": "official", "imf.size": size}
+        if size == "XL/2":
+            tags["imf.guidance_2nfe"] = json.dumps({"omega": 4.0, "t_min": 0.36, "t_max": 0.64, "steps": 2})
+        return register_folder(folder, name, tracking_uri, None, aliases, tags,
+                               description=f"iMF-{size} released by the authors ({Path(path).name})")
+
+
+def parse_model_ref(ref: str):
+    """NAME, NAME@ALIAS or NAME/VERSION (a `models:/` prefix is accepted)."""
+    ref = ref.removeprefix("models:/")
+    if "@" in ref:
+        name, alias = ref.split("@", 1)
+        return name, alias, None
+    if "/" in ref and ref.rsplit("/", 1)[1].isdigit():
+        name, version = ref.rsplit("/", 1)
+        return name, None, version
+    return ref, None, None
+
+
+def resolve_version(client, ref: str):
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_model_ref(ref)
+    try:
+        if alias:
+            return client.get_model_version_by_alias(name, alias)
+        if version:
+            return client.get_model_version(name, version)
+        versions = client.search_model_versions(f"name = '{name}'")
+    except MlflowException as err:
+        raise UserError(f"no registered model matches {ref!r} ({err.message[:160]}); see `imf models list`") from err
+    if not versions:
+        raise UserError(f"no registered model named {name!r}; see `imf models list`")
+    return max(versions, key=lambda v: int(v.version))
+
+
+def model_folder(ref: str, tracking_uri: str | None, dst=None) -> tuple[Path, object]:
+    """A local imf model folder for `models:/NAME@ALIAS` (downloaded) or a folder path; and its version (or None)."""
+    path = Path(ref)
+    if path.is_dir() and (path / "config.json").is_file():
+        return path, None
+    client, uri = connect(tracking_uri)
+    version = resolve_version(client, ref)
+    import mlflow
+
+    local = mlflow.artifacts.download_artifacts(
+        artifact_uri=f"models:/{version.name}/{version.version}", tracking_uri=uri,
+        dst_path=str(dst) if dst else None)
+    return Path(local) / "artifacts" / "imf_model", version
+
+
+def set_best_guidance(tracking_uri, name, version, guidance: dict, metric: str, value: float):
+    client, _ = connect(tracking_uri)
+    for key, v in guidance.items():
+        client.set_model_version_tag(name, version, f"imf.guidance.{key}", json.dumps(v))
+    client.set_model_version_tag(name, version, "imf.guidance.selected_by", f"{metric}={value:.6g}")
+
+
+def version_guidance(version) -> dict:
+    """The guidance setting stored on a version (the best one found by `imf evaluate sweep`)."""
+    tags = version.tags or {}
+    return {k.removeprefix("imf.guidance."): json.loads(v) for k, v in tags.items()
+            if k.startswith("imf.guidance.") and k != "imf.guidance.selected_by"}
+
+
+# ---- CLI ------------------------------------------------------------------------------------
+
+def _list(args):
+    client, _ = connect(args.tracking_uri)
+    models = client.search_registered_models()
+    if not models:
+        print("no registered models")
+    for m in models:
+        aliases = ", ".join(f"{a}=v{v}" for a, v in sorted((m.aliases or {}).items())) or "no aliases"
+        latest = max((int(v.version) for v in client.search_model_versions(f"name = '{m.name}'")), default=0)
+        print(f"{m.name}  ({aliases}; {latest} version(s))")
+
+
+def _show(args):
+    client, _ = connect(args.tracking_uri)
+    v = resolve_version(client, args.ref)
+    aliases = [a for a, ver in (client.get_registered_model(v.name).aliases or {}).items() if ver == v.version]
+    print(f"{v.name} version {v.version}  aliases: {', '.join(aliases) or '-'}  run: {v.run_id}")
+    print(f"  source: {v.source}")
+    if v.description:
+        print(f"  {v.description}")
+    g = version_guidance(v)
+    if g:
+        print(f"  guidance: omega {g.get('omega')}  interval [{g.get('t_min')}, {g.get('t_max')}]  steps {g.get('steps', 1)}")
+    for key, value in sorted((v.tags or {}).items()):
+        if not key.startswith("imf.guidance."):
+            print(f"  {key}: {value if len(value) < 300 else value[:300] + '...'}")
+
+
+def _promote(args):
+    client, _ = connect(args.tracking_uri)
+    resolve_version(client, f"{args.name}/{args.version}")
+    client.set_registered_model_alias(args.name, args.alias, args.version)
+    print(f"{args.name}@{args.alias} -> version {args.version}")
+
+
+def _register(args):
+    from .shards import read_manifest
+
+    manifest = read_manifest(args.data) if args.data else None
+    v = register_checkpoint(args.checkpoint, args.name, args.tracking_uri, manifest,
+                            aliases=tuple(args.alias or ["challenger"]))
+    print(f"registered {v.name} version {v.version}: models:/{v.name}/{v.version}")
+
+
+def _import_official(args):
+    v = import_official(args.path, args.size, args.name, args.tracking_uri, vae=args.vae)
+    print(f"registered {v.name} version {v.version} (official iMF-{args.size}): models:/{v.name}/{v.version}")
+
+
+def register(steps):
+    parser = steps.add_parser("models", help="registered models: list, show, promote, register, import-official")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; default sqlite under ./mlruns")
+    sub = parser.add_subparsers(dest="models_command", required=True)
+    p = sub.add_parser("list", help="registered models with their aliases")
+    p.set_defaults(func=_list)
+    p = sub.add_parser("show", help="one version: aliases, guidance, metrics, config")
+    p.add_argument("ref", help="NAME, NAME@ALIAS or NAME/VERSION")
+    p.set_defaults(func=_show)
+    p = sub.add_parser("promote", help="point an alias at a version")
+    p.add_argument("name")
+    p.add_argument("version")
+    p.add_argument("--alias", default="champion")
+    p.set_defaults(func=_promote)
+    p = sub.add_parser("register", help="register a training checkpoint's EMA weights")
+    p.add_argument("checkpoint", help="a checkpoint folder written by `imf train`")
+    p.add_argument("--name", required=True)
+    p.add_argument("--data", default=None, help="the latent folder it was trained on (for codec and classes)")
+    p.add_argument("--alias", action="append", help="alias(es) for the new version (default challenger)")
+    p.set_defaults(func=_register)
+    p = sub.add_parser("import-official", help="register a checkpoint released by the authors (iMF-*-2.pth)")
+    p.add_argument("path")
+    p.add_argument("--size", required=True, choices=list(OFFICIAL_GUIDANCE))
+    p.add_argument("--name", required=True)
+    p.add_argument("--vae", default=SD_VAE_HUB, help="SD-VAE folder or hub id used to decode")
+    p.set_defaults(func=_import_official)

@@ -1,0 +1,258 @@
+"""`imf sample`: 1-NFE (or k-step) generation of large image sets with Ray Data.
+
+The index range 0..N-1 is cut into fixed shards; image i has label classes[i % len(classes)]
+(class-balanced, as the FID protocol wants) and noise from a generator seeded by (seed, i),
+so it is the same image whatever the number of actors. Actors (one GPU each when the cluster
+has GPUs) run generator + decoder and write each shard atomically as it finishes; a re-run
+into the same folder does only the missing shards. Then the parts become the output:
+    --format npz      samples.npz: arr_0 uint8 (N, H, W, 3) (the ADM evaluation suite's input), labels
+    --format png      images/{index:07d}.png
+    --format parquet  parts/*.parquet themselves (index, label, png)
+"""
+
+import io
+import os
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import torch
+
+from .errors import UserError
+from .shards import write_atomic, write_json
+
+PLAN = "sample_plan.json"
+PARTS = "parts"
+
+
+def index_seed(seed: int, index: int) -> int:
+    return int(np.random.SeedSequence((seed, index)).generate_state(1, np.uint64)[0] >> 1)
+
+
+def labels_for(indices, classes) -> np.ndarray:
+    return np.asarray(classes)[np.asarray(indices) % len(classes)]
+
+
+class ShardGenerator:
+    """A Ray Data actor: loads the model folder once, then generates, decodes and writes whole shards."""
+
+    def __init__(self, folder: str, plan: dict, batch_size: int):
+        from imf_core import load_model
+        from imf_core.codecs import codec_from_description
+
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        folder = Path(folder)
+        self.config = json.loads((folder / "config.json").read_text())
+        self.net = load_model(folder, device=self.device, v_head=False).eval()
+        vae = folder / "vae"
+        self.codec = codec_from_description(self.config["codec"], device=self.device,
+                                            weights=str(vae) if vae.is_dir() else None)
+        self.plan, self.batch_size = plan, batch_size
+
+    def __call__(self, batch):
+        shard = int(batch["shard"][0])
+        if os.environ.get("IMF_SAMPLE_SLOW_SECONDS") and shard > 0:
+            time.sleep(float(os.environ["IMF_SAMPLE_SLOW_SECONDS"]))  # tests: leave time to kill the job
+        count = generate_shard(self.net, self.codec, self.config, self.plan, shard, self.batch_size, self.device)
+        return {"shard": [shard], "count": [count]}
+
+
+@torch.no_grad()
+def generate_images(net, codec, config, plan, indices, batch_size, device) -> np.ndarray:
+    """uint8 (n, H, W, 3) images for these indices."""
+    from imf_core import sample, to_uint8
+
+    shape = config["latent_shape"]
+    g = plan["guidance"]
+    labels = torch.as_tensor(labels_for(indices, plan["classes"]), dtype=torch.long)
+    noise = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(index_seed(plan["seed"], i)))
+                         for i in indices])
+    out = []
+    for z, y in zip(noise.split(batch_size), labels.split(batch_size)):
+        with torch.autocast("cuda", dtype=torch.bfloat16) if device == "cuda" else _nullcontext():
+            x = sample(net, z.to(device), y.to(device), omega=g["omega"], t_min=g["t_min"], t_max=g["t_max"],
+                       steps=g["steps"])
+        pixels = to_uint8(codec.decode(x.float())).permute(0, 2, 3, 1).cpu().numpy()
+        out.append(np.repeat(pixels, 3, axis=-1) if pixels.shape[-1] == 1 else pixels)
+    return np.concatenate(out)
+
+
+def _nullcontext():
+    import contextlib
+
+    return contextlib.nullcontext()
+
+
+def generate_shard(net, codec, config, plan, shard, batch_size, device) -> int:
+    start = shard * plan["shard_size"]
+    indices = list(range(start, min(plan["num"], start + plan["shard_size"])))
+    images = generate_images(net, codec, config, plan, indices, batch_size, device)
+    table = pa.table({
+        "index": pa.array(indices, pa.int64()),
+        "label": pa.array(labels_for(indices, plan["classes"]), pa.int32()),
+        "png": pa.array([_png(img) for img in images], pa.binary()),
+    })
+    write_atomic(part_path(plan["out"], shard), lambda tmp: pq.write_table(table, tmp))
+    return len(indices)
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def part_path(out, shard: int) -> Path:
+    return Path(out) / PARTS / f"shard-{shard:05d}.parquet"
+
+
+def read_parts(out, num_shards):
+    """(indices, labels, uint8 images) of all parts, in index order."""
+    from PIL import Image
+
+    tables = [pq.read_table(part_path(out, s)) for s in range(num_shards)]
+    table = pa.concat_tables(tables)
+    images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("png").to_pylist()])
+    return table.column("index").to_numpy(), table.column("label").to_numpy(), images
+
+
+def finalize(plan: dict) -> Path:
+    out, num_shards = Path(plan["out"]), num_shards_of(plan)
+    if plan["format"] == "parquet":
+        return out / PARTS
+    indices, labels, images = read_parts(out, num_shards)
+    assert np.array_equal(indices, np.arange(plan["num"])), "parts do not cover 0..N-1 exactly once"
+    if plan["format"] == "npz":
+        path = out / "samples.npz"
+        write_atomic(path, lambda tmp: _savez(tmp, images, labels))
+        return path
+    folder = out / "images"
+    folder.mkdir(exist_ok=True)
+    from PIL import Image
+
+    for i, image in zip(indices, images):
+        target = folder / f"{i:07d}.png"
+        if not target.exists():
+            write_atomic(target, lambda tmp, image=image: Image.fromarray(image).save(tmp, format="PNG"))
+    return folder
+
+
+def _savez(tmp, images, labels):
+    with open(tmp, "wb") as f:
+        np.savez(f, arr_0=images, labels=labels)
+
+
+def num_shards_of(plan) -> int:
+    return -(-plan["num"] // plan["shard_size"])
+
+
+def make_plan(args, folder: Path, version, num_classes: int) -> dict:
+    from .registry import version_guidance
+
+    stored = json.loads((folder / "config.json").read_text()).get("guidance", {})
+    if version is not None:
+        stored = {**stored, **version_guidance(version)}
+    guidance = {"omega": args.omega if args.omega is not None else stored.get("omega", 1.0),
+                "t_min": args.t_min if args.t_min is not None else stored.get("t_min", 0.0),
+                "t_max": args.t_max if args.t_max is not None else stored.get("t_max", 1.0),
+                "steps": args.steps if args.steps is not None else int(stored.get("steps", 1))}
+    if guidance["omega"] < 1 or not 0 <= guidance["t_min"] <= guidance["t_max"] <= 1 or guidance["steps"] < 1:
+        raise UserError(f"guidance {guidance}: need omega >= 1, 0 <= t_min <= t_max <= 1, steps >= 1")
+    if args.classes == "all":
+        classes = list(range(num_classes))
+    else:
+        try:
+            classes = [int(c) for c in args.classes.split(",")]
+        except ValueError:
+            raise UserError(f"--classes {args.classes!r}: 'all' or comma-separated class indices") from None
+        bad = [c for c in classes if not 0 <= c < num_classes]
+        if bad:
+            raise UserError(f"--classes: {bad} outside 0..{num_classes - 1}")
+    if args.num < 1:
+        raise UserError(f"--num {args.num} must be >= 1")
+    return {"model": args.model, "version": getattr(version, "version", None), "num": args.num, "seed": args.seed,
+            "classes": classes, "guidance": guidance, "format": args.format, "shard_size": args.shard_size,
+            "out": str(Path(args.out).resolve())}
+
+
+def run_sample(args) -> int:
+    from .registry import model_folder
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    folder, version = model_folder(args.model, args.tracking_uri, dst=out / "model_download")
+    config = json.loads((folder / "config.json").read_text())
+    plan = make_plan(args, folder, version, config["num_classes"])
+    previous = out / PLAN
+    if previous.is_file():
+        old = json.loads(previous.read_text())
+        if {k: v for k, v in old.items() if k != "out"} != {k: v for k, v in plan.items() if k != "out"}:
+            raise UserError(f"{out} holds samples of another request ({_diff(old, plan)}): re-run with the same "
+                            "arguments to finish it, or pass a new --out")
+    write_json(previous, plan)
+    total = num_shards_of(plan)
+    missing = [s for s in range(total) if not part_path(out, s).is_file()]
+    g = plan["guidance"]
+    print(f"imf sample: {plan['num']} images of {len(plan['classes'])} classes from {args.model} "
+          f"(omega {g['omega']}, interval [{g['t_min']}, {g['t_max']}], {g['steps']} step(s)); "
+          f"{total - len(missing)} of {total} shards already done", flush=True)
+    if missing:
+        generate(plan, folder, missing, args)
+    result = finalize(plan)
+    write_json(out / "manifest.json", {**plan, "output": str(result), "model_folder": str(folder)})
+    print(f"imf sample: {plan['num']} images -> {result}")
+    return 0
+
+
+def generate(plan, folder, missing, args):
+    import ray
+
+    from .runtime import start_ray
+
+    start_ray(args.address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    size = max(1, min(len(missing), args.actors or gpus or max(1, cpus // 2)))
+    per_actor = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    ds = ray.data.from_items([{"shard": s} for s in missing], override_num_blocks=len(missing))
+    ds = ds.map_batches(ShardGenerator, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size), **per_actor,
+                        fn_constructor_kwargs={"folder": str(folder.resolve()), "plan": plan,
+                                               "batch_size": args.batch_size})
+    start, done, images, last = time.time(), 0, 0, 0.0
+    print(f"imf sample: {size} {'GPU' if gpus else 'CPU'} actor(s) for {len(missing)} shard(s)", flush=True)
+    for row in ds.iter_rows():
+        done, images = done + 1, images + int(row["count"])
+        now = time.time()
+        if now - last >= 5 or done == len(missing):
+            last = now
+            print(f"  shards {done}/{len(missing)}  images {images}  {images / max(now - start, 1e-9):.1f} images/s",
+                  flush=True)
+
+
+def _diff(old, new):
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if k != "out" and old.get(k) != new.get(k))
+
+
+def register(steps):
+    parser = steps.add_parser("sample", help="generate images (1-NFE by default) from a registered model")
+    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model folder")
+    parser.add_argument("--num", type=int, required=True, help="number of images")
+    parser.add_argument("--out", required=True, help="output folder; re-run into it to finish an interrupted job")
+    parser.add_argument("--omega", type=float, default=None, help="CFG scale (default: the version's best setting)")
+    parser.add_argument("--t-min", type=float, default=None)
+    parser.add_argument("--t-max", type=float, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 1)")
+    parser.add_argument("--classes", default="all", help="'all' or comma-separated class indices")
+    parser.add_argument("--format", choices=["png", "npz", "parquet"], default="npz")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard-size", type=int, default=1000, help="images per written shard")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--actors", type=int, default=None, help="default: one per GPU, else half the CPUs")
+    parser.add_argument("--address", default=None, help="Ray address (default: a local instance)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (for models:/ references)")
+    parser.set_defaults(func=run_sample)
