@@ -5,13 +5,14 @@ from .checkpoint import load_model, load_official, save_model
 from .codecs import PixelCodec, SDVAECodec, make_codec
 from .draws import DrawConfig, StepDraws, draw_step, step_generator
 from .ema import EMA
+from .fast_step import FastIMFObjective
 from .model import SIZES, IMFDiT, build_model
 from .objectives import FlowMatchingObjective, IMFObjective, LossOutput, MeanFlowObjective
 from .sampling import sample, to_uint8
 
 __all__ = [
-    "EMA", "SIZES", "DrawConfig", "FlowMatchingObjective", "IMFDiT", "IMFObjective", "LossOutput",
-    "MeanFlowObjective", "PixelCodec", "SDVAECodec", "StepDraws", "build_model", "draw_step",
+    "EMA", "SIZES", "DrawConfig", "FastIMFObjective", "FlowMatchingObjective", "IMFDiT", "IMFObjective",
+    "LossOutput", "MeanFlowObjective", "PixelCodec", "SDVAECodec", "StepDraws", "build_model", "draw_step",
     "forward_ad_attention", "load_model", "load_official", "make_codec", "sample", "save_model",
     "step_generator", "to_uint8",
 ]

@@ -222,7 +222,14 @@ class IMFDiT(nn.Module):
 
     def trunk(self, x, h, omega, t_min, t_max, y):
         """Embed inputs and conditions, run the shared blocks; returns the token sequence."""
-        seq = torch.cat(
+        seq = self.embed(x, h, omega, t_min, t_max, y)
+        for block in self.shared_blocks:
+            seq = block(seq, self._rope())
+        return seq
+
+    def embed(self, x, h, omega, t_min, t_max, y):
+        """The prefix tokens of the conditions followed by the patch tokens."""
+        return torch.cat(
             [
                 self.class_tokens[None] + self.y_embedder(y)[:, None],
                 self.omega_tokens[None] + self.omega_embedder(1 - 1 / omega)[:, None],
@@ -233,9 +240,6 @@ class IMFDiT(nn.Module):
             ],
             dim=1,
         )
-        for block in self.shared_blocks:
-            seq = block(seq, self._rope())
-        return seq
 
     def u_branch(self, seq):
         return self._branch(seq, self.u_heads, self.u_final_layer)

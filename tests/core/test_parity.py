@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from imf_core import IMFObjective, StepDraws, build_model
+from imf_core import FastIMFObjective, IMFObjective, StepDraws, build_model
 
 # A copy of ../shared/parity/imf_jax_step_tiny.npz (see fixtures/imf_jax_step_tiny.README.md).
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "imf_jax_step_tiny.npz"
@@ -56,8 +56,9 @@ def test_torch_names_cover_the_fixture(fixture):
     assert grads == set(dict(net.named_parameters()))
 
 
+@pytest.mark.parametrize("objective", [IMFObjective, FastIMFObjective])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_imf_step_matches_the_authors_jax_step(fixture, dtype):
+def test_imf_step_matches_the_authors_jax_step(fixture, dtype, objective):
     d = fixture
     net = build_from_fixture(d).to(dtype)
     x = torch.from_numpy(d["x_nhwc"]).permute(0, 3, 1, 2).to(dtype)
@@ -69,7 +70,7 @@ def test_imf_step_matches_the_authors_jax_step(fixture, dtype):
                       t_max=as_t("t_max"), drop=torch.arange(B) < int(d["num_drop"]))
     assert torch.equal(draws.boundary, torch.from_numpy(d["fm"]))
 
-    out = IMFObjective(num_classes=1000)(net, x, y, draws)
+    out = objective(num_classes=1000)(net, x, y, draws)
     out.loss.backward()
 
     assert out.mse_u.item() == pytest.approx(float(d["loss_u"]), rel=2e-6)
@@ -85,4 +86,4 @@ def test_imf_step_matches_the_authors_jax_step(fixture, dtype):
         err = float((got - ref).norm() / ref.norm().clamp_min(1e-30))
         worst = max(worst, err)
         assert err < 3e-6, f"{name}: relative gradient error {err:.2e}"
-    print(f"{dtype}: worst relative gradient error {worst:.2e}")
+    print(f"{objective.__name__} {dtype}: worst relative gradient error {worst:.2e}")
