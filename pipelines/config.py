@@ -28,7 +28,7 @@ class ObjectiveSection:
     tangent: str = "aux"  # aux | boundary
     norm_p: float = 1.0
     norm_eps: float = 0.01
-    fast: bool = False  # the optimised step, where available
+    fast: bool = True  # the optimised step (imf_core.FastIMFObjective; same loss and gradients)
     mf_omega: float = 1.0  # original MeanFlow only
     mf_kappa: float = 0.5
     fm_guided: bool = False  # flow matching only

@@ -88,7 +88,8 @@ def run_status_actor():
 
 
 def build_trainer(args, cfg, manifest, num_rows, run_name, storage, tracking_uri, run_id, resume_path=None,
-                  callbacks=None, status=None):
+                  callbacks=None, status=None, checkpoint_score=None):
+    """checkpoint_score: (metric, "min"|"max") to keep the best checkpoints rather than the latest."""
     import ray
     from ray.data import DataContext
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
@@ -119,7 +120,10 @@ def build_trainer(args, cfg, manifest, num_rows, run_name, storage, tracking_uri
         run_config=RunConfig(
             name=run_name, storage_path=str(storage), callbacks=callbacks,
             failure_config=FailureConfig(max_failures=args.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=cfg.train.keep_checkpoints,
+                **({"checkpoint_score_attribute": checkpoint_score[0], "checkpoint_score_order": checkpoint_score[1]}
+                   if checkpoint_score else {})),
         ),
     )
 

@@ -1,0 +1,75 @@
+"""A 4-trial sweep of a Micro/2 on encoded digits: ASHA on quick_fd, MLflow parent/child runs, registry."""
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from pipelines import cli
+from tests.pipelines.train_helpers import encoded_digits
+
+MAX_STEPS = 8  # quick_fd (and a checkpoint) every 2 steps: ASHA rungs at steps 2, 4 and 8
+
+
+@pytest.mark.timeout(1200)
+def test_a_small_sweep_stops_a_bad_trial_early_and_registers_the_best(tmp_path, ray_session, capsys):
+    from mlflow.tracking import MlflowClient
+
+    latents = encoded_digits(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    status = cli.main(["tune", "--data", str(latents), "--space", "tiny", "--trials", "4", "--max-steps",
+                       str(MAX_STEPS), "--evals", "4", "--eval-samples", "64", "--storage", str(tmp_path / "runs"),
+                       "--name", "sweep", "--tracking-uri", uri, "--register", "digits-tiny"])
+    out = capsys.readouterr().out
+    assert status == 0, out[-3000:]
+    assert "running up to 1 trial(s) at a time" in out  # no GPU: one trainer trial at a time
+
+    client = MlflowClient(uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    [parent] = client.search_runs(experiments, "attributes.run_name = 'sweep'")
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["space.optim.lr"] == '{"grid": [0.003, 1e-06]}'
+    children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'")
+    assert len(children) == 4
+
+    curves = {}
+    for run in children:
+        curves[run.info.run_id] = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "quick_fd")]
+        assert run.data.params["optim.lr"] in ("0.003", "1e-06") and "draws.omega_max" in run.data.params
+        assert client.get_metric_history(run.info.run_id, "loss"), "workers log the loss curve to the child run"
+    outcome = {r.info.run_id: (r.data.tags["imf.tune.outcome"], r.info.status) for r in children}
+    stopped = [rid for rid, (o, _) in outcome.items() if o == "stopped early"]
+    completed = [rid for rid, (o, _) in outcome.items() if o == "completed"]
+    assert stopped and completed and len(stopped) + len(completed) == 4
+    for rid in stopped:
+        assert outcome[rid][1] == "KILLED" and curves[rid][-1][0] < MAX_STEPS
+    for rid in completed:
+        assert outcome[rid][1] == "FINISHED" and [s for s, _ in curves[rid]] == [2, 4, 6, 8]
+    lr = {r.info.run_id: r.data.params["optim.lr"] for r in children}
+    assert any(lr[rid] == "1e-06" for rid in stopped)  # the learning rate that cannot learn in 8 steps
+    assert parent.data.metrics["trials_stopped_early"] == len(stopped)
+
+    # The summary: a table (best first) and one plot of quick_fd against each swept parameter.
+    artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"tune_summary.json", "tune_summary.csv", "quick_fd_vs_params.png"} <= artifacts
+    summary = json.loads(Path(client.download_artifacts(parent.info.run_id, "tune_summary.json", str(tmp_path)))
+                         .read_text())
+    columns = summary["columns"]
+    assert {"trial", "outcome", "quick_fd", "optim.lr", "draws.omega_max", "draws.time_sampler"} <= set(columns)
+    rows = [dict(zip(columns, row)) for row in summary["data"]]
+    assert len(rows) == 4 and rows[0]["quick_fd"] == min(r["quick_fd"] for r in rows)
+    with Image.open(client.download_artifacts(parent.info.run_id, "quick_fd_vs_params.png", str(tmp_path))) as png:
+        assert png.width >= 3 * 300  # one panel per swept parameter
+
+    # The registry holds the best trial's best checkpoint, as challenger and (first version) champion.
+    best_run = min(curves, key=lambda rid: min(v for _, v in curves[rid]))
+    version = client.get_model_version_by_alias("digits-tiny", "challenger")
+    assert client.get_model_version_by_alias("digits-tiny", "champion").version == version.version
+    assert version.run_id == best_run == parent.data.tags["imf.tune.best_run_id"]
+    assert float(version.tags["metric.quick_fd"]) == pytest.approx(min(v for _, v in curves[best_run]))
+    config = json.loads(version.tags["imf.train_config"])
+    best = next(r for r in children if r.info.run_id == best_run)
+    assert str(config["optim"]["lr"]) == best.data.params["optim.lr"] == "0.003"
+    assert config["draws"]["omega_max"] == pytest.approx(float(best.data.params["draws.omega_max"]))
+    assert config["train"]["eval_every"] == 2 and config["train"]["max_steps"] == MAX_STEPS
