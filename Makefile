@@ -21,7 +21,8 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
-	$(PY) -m pytest
+	@# One thread per process: Ray workers and the test process share 2 cores, and spinning OpenMP threads stall them.
+	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 demo: $(STAMP)
 	$(VENV)/bin/imf demo --out $(DEMO_DIR)

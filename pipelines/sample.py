@@ -8,6 +8,7 @@ into the same folder does only the missing shards. Then the parts become the out
     --format npz      samples.npz: arr_0 uint8 (N, H, W, 3) (the ADM evaluation suite's input), labels
     --format png      images/{index:07d}.png
     --format parquet  parts/*.parquet themselves (index, label, png)
+(for npz and png the parts hold raw pixels, so no PNG is encoded on the way to an .npz).
 """
 
 import io
@@ -90,11 +91,13 @@ def generate_shard(net, codec, config, plan, shard, batch_size, device) -> int:
     start = shard * plan["shard_size"]
     indices = list(range(start, min(plan["num"], start + plan["shard_size"])))
     images = generate_images(net, codec, config, plan, indices, batch_size, device)
-    table = pa.table({
-        "index": pa.array(indices, pa.int64()),
-        "label": pa.array(labels_for(indices, plan["classes"]), pa.int32()),
-        "png": pa.array([_png(img) for img in images], pa.binary()),
-    })
+    columns = {"index": pa.array(indices, pa.int64()),
+               "label": pa.array(labels_for(indices, plan["classes"]), pa.int32())}
+    if plan["format"] == "parquet":  # the parts are the output: self-describing PNG files
+        columns["png"] = pa.array([_png(img) for img in images], pa.binary())
+    else:  # raw pixels: no PNG round trip on the way to an .npz
+        columns["pixels"] = pa.array([img.tobytes() for img in images], pa.binary(images[0].nbytes))
+    table = pa.table(columns).replace_schema_metadata({"image_shape": json.dumps(list(images.shape[1:]))})
     write_atomic(part_path(plan["out"], shard), lambda tmp: pq.write_table(table, tmp))
     return len(indices)
 
@@ -116,8 +119,13 @@ def read_parts(out, num_shards):
     from PIL import Image
 
     tables = [pq.read_table(part_path(out, s)) for s in range(num_shards)]
+    shape = json.loads(tables[0].schema.metadata[b"image_shape"])
     table = pa.concat_tables(tables)
-    images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("png").to_pylist()])
+    if "pixels" in table.column_names:
+        raw = b"".join(table.column("pixels").to_pylist())
+        images = np.frombuffer(raw, dtype=np.uint8).reshape(-1, *shape)
+    else:
+        images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("png").to_pylist()])
     return table.column("index").to_numpy(), table.column("label").to_numpy(), images
 
 

@@ -40,9 +40,15 @@ def test_images_are_fixed_per_index_and_class_balanced(tmp_path, ray_session):
     expected = reference_images(net, a["labels"], seeds, 2.0, 0.1, 0.9)
     assert np.array_equal(a["arr_0"], expected)
 
-    assert cli.main(sample_args(model, tmp_path / "png", "--format", "png")) == 0
+    assert cli.main(sample_args(model, tmp_path / "png", "--format", "png", "--classes", "0,1,3")) == 0
     pngs = sorted((tmp_path / "png" / "images").glob("*.png"))
     assert [p.name for p in pngs][:2] == ["0000000.png", "0000001.png"] and len(pngs) == 12
+    assert cli.main(sample_args(model, tmp_path / "pq", "--format", "parquet", "--classes", "0,1,3")) == 0
+    from pipelines.image_sets import scan_images
+
+    for folder in (tmp_path / "png" / "images", tmp_path / "pq" / "parts"):
+        scan = scan_images(folder)
+        assert np.array_equal(scan.images, a["arr_0"])  # every format holds the same images
 
 
 def test_a_killed_job_rerun_finishes_only_the_missing_shards(tmp_path, ray_session):
