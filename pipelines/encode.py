@@ -304,7 +304,33 @@ def write_manifest(plan: Plan) -> dict:
 def _main(args):
     plan = plan_encode(args.images, args.out, codec=args.codec, vae=args.vae, resolution=args.resolution,
                        flip=args.flip, shard_size=args.shard_size, grayscale=args.grayscale)
-    run_encode(plan, address=args.address, actors=args.actors, batch_size=args.batch_size, dtype=args.dtype)
+    if args.tracking_uri:
+        from .tracking import connect
+
+        connect(args.tracking_uri)  # an unreachable store is an error before any work starts
+    summary = run_encode(plan, address=args.address, actors=args.actors, batch_size=args.batch_size,
+                         dtype=args.dtype)
+    if args.tracking_uri:
+        log_encode(args.tracking_uri, plan, summary)
+
+
+def log_encode(tracking_uri, plan: Plan, summary: dict):
+    """One MLflow run in experiment imf/encode: the settings, the counts and the manifest."""
+    from .tracking import TolerantLogger, connect, experiment_id
+
+    client, uri = connect(tracking_uri)
+    settings = plan.settings()
+    run = client.create_run(experiment_id(client, "imf/encode", uri), run_name=f"encode-{plan.out.name}",
+                            tags={"imf.latents": str(plan.out)})
+    for key in ("images", "resolution", "flip", "shard_size", "files"):
+        client.log_param(run.info.run_id, key, settings[key])
+    client.log_param(run.info.run_id, "codec", json.dumps(settings["codec"]))
+    logger = TolerantLogger(uri, run.info.run_id)
+    seconds = summary["seconds"]
+    logger.metrics({"encoded": summary["encoded"], "rejected": summary["rejected"],
+                    "images_per_s": summary["encoded_this_run"] / max(seconds, 1e-9)}, step=0)
+    logger.artifact(plan.out / MANIFEST)
+    logger.terminate("FINISHED")
 
 
 def register(steps):
@@ -324,4 +350,5 @@ def register(steps):
     parser.add_argument("--actors", type=int, default=None, help="codec actors (default: one per GPU, else CPUs/4)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="VAE precision")
     parser.add_argument("--address", default=None, help="Ray cluster address (default: a local instance)")
+    parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI: also log the encode as a run")
     parser.set_defaults(func=_main)

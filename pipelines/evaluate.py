@@ -254,6 +254,8 @@ def register(steps):
 
     sweep = add_sweep_parser(actions)
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; default sqlite under ./mlruns")
+    parser.add_argument("--address", default=None,
+                        help="accepted like every step's; evaluation runs in this process (one GPU if present)")
     for p, keep in ((parser, False), (ref, True), (sweep, True)):  # accepted either side of the action
         p.add_argument("--inception-weights", default=argparse.SUPPRESS if keep else None,
                        help=f"torch-fidelity's Inception-v3 .pth (or ${WEIGHTS_ENV})")

@@ -257,6 +257,8 @@ def _import_official(args):
 def register(steps):
     parser = steps.add_parser("models", help="registered models: list, show, promote, register, import-official")
     parser.add_argument("--tracking-uri", default=None, help="MLflow tracking URI; default sqlite under ./mlruns")
+    parser.add_argument("--address", default=None,
+                        help="accepted like every step's; the registry talks to MLflow only, not to Ray")
     sub = parser.add_subparsers(dest="models_command", required=True)
     p = sub.add_parser("list", help="registered models with their aliases")
     p.set_defaults(func=_list)

@@ -20,6 +20,9 @@ def local_cpus() -> int:
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_bytes: int = 1 << 30):
     """ray.init for a step. address: None/"local" (a new local instance), "auto", or "ray://HOST:10001"."""
+    if address in LOCAL:
+        # Read when Ray is first imported: a local instance then binds its servers to loopback only.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     import ray
 
     if ray.is_initialized():

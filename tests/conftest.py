@@ -1,5 +1,10 @@
+import os
+
 import pytest
 import torch
+
+# Local Ray instances of the tests listen on loopback only (read when Ray is first imported).
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 def randomize(net: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:

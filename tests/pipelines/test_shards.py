@@ -106,3 +106,18 @@ def test_grayscale_pixels_are_one_luma_channel(tmp_path, ray_session):
     for i, xi in zip(batch["index"].tolist(), x):
         luma = np.asarray(Image.fromarray(written[ordered[i]]).convert("L"), dtype=np.float32)
         np.testing.assert_allclose(xi[0].numpy(), luma / 127.5 - 1, atol=1.5 / 127.5)
+
+
+def test_encode_logs_its_counts_to_mlflow_when_asked(tmp_path, ray_session):
+    from mlflow.tracking import MlflowClient
+
+    from pipelines import cli
+
+    make_tree(tmp_path / "images", classes=("a", "b"), per_class=2, size=8)
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    assert cli.main(["encode", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "out"),
+                     "--codec", "pixels", "--resolution", "8", "--tracking-uri", store]) == 0
+    client = MlflowClient(store)
+    run = client.search_runs([client.get_experiment_by_name("imf/encode").experiment_id])[0]
+    assert run.data.metrics["encoded"] == 4 and run.data.params["resolution"] == "8"
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["manifest.json"]

@@ -1,5 +1,6 @@
 """Training against an MLflow tracking server over HTTP, which disappears mid-run."""
 
+import os
 import socket
 import subprocess
 import sys
@@ -28,6 +29,7 @@ def start_server(tmp_path, port):
          "--backend-store-uri", f"sqlite:///{db}", "--artifacts-destination", str(tmp_path / "server_artifacts"),
          "--workers", "1"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        env={**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
     )
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -38,12 +40,11 @@ def start_server(tmp_path, port):
             if proc.poll() is not None:
                 raise RuntimeError("mlflow server exited at start")
             time.sleep(0.5)
-    proc.kill()
+    stop(proc)
     raise RuntimeError("mlflow server did not answer within 120 s")
 
 
 def stop(proc):
-    import os
     import signal
 
     try:
