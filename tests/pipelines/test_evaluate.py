@@ -297,7 +297,7 @@ def test_cli_reference_then_evaluate_the_same_images_gives_zero_fid(tmp_path, in
     result = json.loads((tmp_path / "m.json").read_text())
     assert abs(result["fid4_tiny"]) < 1e-5 * np.trace(ref.sigma)  # eigenvalue round-off of a rank-3 product
     assert result["precision_k3_inception_tiny"] == result["recall_k3_inception_tiny"] == 1.0
-    assert result["is4"] >= 1.0
+    assert result["is4"] >= 1.0 - 1e-9  # IS >= 1 up to round-off
 
 
 def test_build_reference_keeps_a_feature_subset_but_full_statistics(tmp_path):
