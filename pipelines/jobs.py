@@ -91,10 +91,19 @@ def step_argv(step: str, args: list[str]) -> list[str]:
     parsed = build_parser().parse_args([step, *args])
     if hasattr(parsed, "address") and parsed.address is None:
         args = ["--address", "auto", *args]  # inside a job, `auto` is the cluster that runs it
-    if hasattr(parsed, "tracking_uri") and parsed.tracking_uri is None:
+    if hasattr(parsed, "tracking_uri") and parsed.tracking_uri is None and uses_local_store(step, parsed):
         raise UserError(f"imf {step} on a cluster needs --tracking-uri http://MLFLOW_HOST:5000 (a server every node "
                         "reaches): its default local store would land in the job's temporary working directory")
     return [step, *args]
+
+
+def uses_local_store(step: str, parsed) -> bool:
+    """Whether the step, without --tracking-uri, would read or write the default local MLflow store."""
+    if step == "encode":
+        return False  # encode logs to MLflow only when given a URI
+    if step == "sample":
+        return str(parsed.model).startswith("models:/")
+    return True
 
 
 def local_only_paths(args: list[str], root: Path | None) -> list[str]:

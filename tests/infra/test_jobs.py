@@ -59,6 +59,15 @@ def test_steps_that_take_address_run_on_the_jobs_cluster():
 def test_a_tracked_step_without_a_tracking_server_is_refused():
     with pytest.raises(UserError, match="--tracking-uri http://MLFLOW_HOST:5000"):
         jobs.step_argv("train", TRAIN[1:])
+    with pytest.raises(UserError, match="imf sample on a cluster needs --tracking-uri"):
+        jobs.step_argv("sample", ["--model", "models:/imf@champion", "--num", "8", "--out", "/shared/s"])
+
+
+def test_steps_that_use_no_store_without_a_uri_are_submitted_as_given():
+    encode = ["--images", "/shared/img", "--out", "/shared/lat"]
+    assert jobs.step_argv("encode", encode) == ["encode", "--address", "auto", *encode]
+    sample = ["--model", "/shared/runs/model", "--num", "8", "--out", "/shared/s"]
+    assert jobs.step_argv("sample", sample) == ["sample", "--address", "auto", *sample]
 
 
 @pytest.mark.parametrize("step", ["submit", "jobs"])
