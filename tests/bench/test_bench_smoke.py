@@ -38,4 +38,4 @@ def test_toy_objectives_bench():
 
 def test_encode_bench(tmp_path):
     out = run("bench/encode.py", "--count", "64", "--workers", "1", "--shard-size", "32")
-    assert "ratio Ray / bare" in out
+    assert "ratio Ray / bare" in out and "after the first shard" in out
