@@ -5,6 +5,7 @@ short RAY_TMPDIR, token auth off, logical CPUs at least 4 so that Ray Data read
 tasks are not starved by training workers, and no dashboard.
 """
 
+import logging
 import os
 import tempfile
 
@@ -16,6 +17,17 @@ LOCAL = (None, "", "local")
 def local_cpus() -> int:
     """Logical CPUs for a local instance: twice the cores, at least 4."""
     return max(4, 2 * (os.cpu_count() or 2))
+
+
+# Loggers that a local instance without a dashboard makes noisy: Ray Train's placement-group
+# watchdog asks the State API (served by the dashboard) every second and warns each time it cannot.
+NOISY_WITHOUT_DASHBOARD = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR}
+
+
+def quiet_dashboardless_worker():
+    """worker_process_setup_hook of local instances: see NOISY_WITHOUT_DASHBOARD."""
+    for name, level in NOISY_WITHOUT_DASHBOARD.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_bytes: int = 1 << 30):
@@ -35,7 +47,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
         ray.init(address="local", num_cpus=num_cpus or local_cpus(), object_store_memory=object_store_bytes,
                  include_dashboard=False, logging_level="WARNING", _temp_dir=os.environ["RAY_TMPDIR"],
-                 logging_config=ray.LoggingConfig(log_level="WARNING"))
+                 logging_config=ray.LoggingConfig(log_level="WARNING"),
+                 runtime_env={"worker_process_setup_hook": "pipelines.runtime.quiet_dashboardless_worker"})
     else:
         try:
             ray.init(address=address, logging_level="WARNING", logging_config=ray.LoggingConfig(log_level="WARNING"))

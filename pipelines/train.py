@@ -92,7 +92,7 @@ def build_trainer(args, cfg, manifest, num_rows, run_name, storage, tracking_uri
     """checkpoint_score: (metric, "min"|"max") to keep the best checkpoints rather than the latest."""
     import ray
     from ray.data import DataContext
-    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from .train_loop import train_loop_per_worker
@@ -100,6 +100,7 @@ def build_trainer(args, cfg, manifest, num_rows, run_name, storage, tracking_uri
     data_context = DataContext.get_current()
     data_context.execution_options.preserve_order = True  # a fixed data order per rank, for exact resumes
     data_context.enable_progress_bars = False  # the workers print their own progress lines
+    data_context.print_on_execution_start = False  # and Ray Data would announce every epoch's read
     gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (
         1 if ray.cluster_resources().get("GPU", 0) >= args.workers else 0)
     cpus = args.cpus_per_worker or (0.5 if gpus == 0 else 4)
@@ -119,6 +120,7 @@ def build_trainer(args, cfg, manifest, num_rows, run_name, storage, tracking_uri
         datasets={"train": latent_dataset(args.data)},
         run_config=RunConfig(
             name=run_name, storage_path=str(storage), callbacks=callbacks,
+            logging_config=LoggingConfig(log_level="WARNING"),  # a line per report and rank would drown our progress line
             failure_config=FailureConfig(max_failures=args.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints,

@@ -8,6 +8,7 @@ consumed in its epoch and continues exactly as an uninterrupted run would.
 
 import copy
 import json
+import logging
 import os
 import resource
 import tempfile
@@ -72,10 +73,21 @@ class SampleGrids:
         return paths
 
 
+def quiet_report_lines():
+    """Ray Train logs an INFO line per report and rank beside our progress line; its LoggingConfig does not
+    reach them, since that module logs under its file path rather than under `ray.train`."""
+    try:
+        from ray.train.v2._internal.execution import context
+    except ImportError:  # another Ray layout: leave its logging as it is
+        return
+    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(payload: dict):
     import ray.train
     import ray.train.torch
 
+    quiet_report_lines()
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
