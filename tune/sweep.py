@@ -22,11 +22,12 @@ TRIAL_CPU = 0.1  # the Tune function itself; its TorchTrainer's workers hold the
 
 
 def sweep_settings(max_steps: int, evals: int, eval_samples: int) -> dict:
-    """What the sweep sets in every trial's config: `evals` quick_fd evaluations, each with a checkpoint,
-    all kept so that the best one can be registered."""
+    """What the sweep sets in every trial's config: `evals` quick_fd evaluations, each with a checkpoint.
+    A trial keeps its best checkpoint by quick_fd (the one a sweep registers) and Ray Train also keeps
+    the latest (for restarts after a failure): at most two per trial, whatever the number of evals."""
     every = max(1, max_steps // evals)
     return {"train.max_steps": max_steps, "train.eval_every": every, "train.checkpoint_every": every,
-            "train.eval_samples": eval_samples, "train.keep_checkpoints": max_steps // every + 1}
+            "train.eval_samples": eval_samples, "train.keep_checkpoints": 1}
 
 
 def expected_steps(cfg, num_rows: int, workers: int) -> int:

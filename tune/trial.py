@@ -42,7 +42,7 @@ def run_trial(config: dict, setup: dict):
     print(f"trial {trial_id}: {swept}; MLflow run {run_id}", flush=True)
 
     trainer = build_trainer(args, cfg, manifest, num_rows, trial_id, setup["train_storage"], setup["tracking_uri"],
-                            run_id, callbacks=[EvalReport()])
+                            run_id, callbacks=[EvalReport()], checkpoint_score=(METRIC, "min"))
     try:
         trainer.fit()
     except TrainingFailedError:

@@ -73,3 +73,9 @@ def test_a_small_sweep_stops_a_bad_trial_early_and_registers_the_best(tmp_path, 
     assert str(config["optim"]["lr"]) == best.data.params["optim.lr"] == "0.003"
     assert config["draws"]["omega_max"] == pytest.approx(float(best.data.params["draws.omega_max"]))
     assert config["train"]["eval_every"] == 2 and config["train"]["max_steps"] == MAX_STEPS
+
+    # Four checkpoints per completed trial were written; each trial keeps its best and its latest.
+    trial_dirs = [d for d in (tmp_path / "runs" / "sweep" / "train").iterdir() if d.is_dir()]
+    assert len(trial_dirs) == 4
+    kept = {d.name: sorted(c.name for c in d.glob("checkpoint_*") if c.is_dir()) for d in trial_dirs}
+    assert all(1 <= len(names) <= 2 for names in kept.values()), kept
