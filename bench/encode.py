@@ -119,7 +119,8 @@ def main():
         print(f"{'':34s} {'images/s':>9s} {'seconds':>8s} {'1st shard at s':>15s} {'images/s after':>15s}")
         for name, (n, seconds, first) in [("bare loop (process pool + codec)", bare_run),
                                           ("Ray Data (imf encode)", ray_run)]:
-            print(f"  {name:32s} {n / seconds:9.1f} {seconds:8.1f} {first[0]:15.1f} {steady_rate(n, seconds, first):15.1f}")
+            after = steady_rate(n, seconds, first)
+            print(f"  {name:32s} {n / seconds:9.1f} {seconds:8.1f} {first[0]:15.1f} {after:15.1f}")
         ratio = (ray_run[0] / ray_run[1]) / (bare_run[0] / bare_run[1])
         steady = steady_rate(*ray_run) / steady_rate(*bare_run)
         print(f"  ratio Ray / bare: {ratio:.3f} whole run (start-up included, mostly the codec actor's process and "

@@ -18,7 +18,6 @@ Rows are interleaved over repeats; the table gives median img/s and the median p
 
 import argparse
 import concurrent.futures
-import contextlib
 import os
 import statistics
 import tempfile
@@ -28,6 +27,7 @@ import types
 import numpy as np
 import torch
 
+from common import autocast_for, randomize
 from imf_core import build_model, make_codec, sample, to_uint8
 
 OMEGA, T_MIN, T_MAX = 8.0, 0.40, 0.65  # the released B/2 1-NFE settings
@@ -87,14 +87,7 @@ def authors_style(net):
     freqs_cis = torch.polar(torch.ones_like(net.rope_cos), torch.atan2(net.rope_sin, net.rope_cos))
 
     def forward_u(x, t, h, omega, t_min, t_max, y):
-        seq = torch.cat([
-            net.class_tokens[None] + net.y_embedder(y)[:, None],
-            net.omega_tokens[None] + net.omega_embedder(1 - 1 / omega)[:, None],
-            net.t_min_tokens[None] + net.cfg_t_start_embedder(t_min)[:, None],
-            net.t_max_tokens[None] + net.cfg_t_end_embedder(t_max)[:, None],
-            net.time_tokens[None] + net.h_embedder(h)[:, None],
-            net.x_embedder(x),
-        ], dim=1)
+        seq = net.embed(x, h, omega, t_min, t_max, y)  # the embeddings are the same ops either way
         for blk in [*net.shared_blocks, *net.u_heads]:
             seq = _block(blk, seq, freqs_cis)
         final = net.u_final_layer
@@ -160,13 +153,10 @@ def main():
     if args.threads:
         torch.set_num_threads(args.threads)
     bf16 = args.dtype == "bf16"
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else contextlib.nullcontext
+    autocast = autocast_for(device, args.dtype)
     torch.manual_seed(0)
-    net = build_model(args.model, input_size=args.input_size, num_classes=args.num_classes,
-                      v_head=False).to(device).eval().requires_grad_(False)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn_like(p))
+    net = randomize(build_model(args.model, input_size=args.input_size, num_classes=args.num_classes,
+                                v_head=False).to(device).eval().requires_grad_(False))
     g = torch.Generator(device=device).manual_seed(0)
     shape = (4, args.input_size, args.input_size)
     noise = torch.randn((args.batch, *shape), generator=g, device=device)

@@ -14,12 +14,12 @@ fixed draws first compares fast with ref: loss and worst relative parameter-grad
 """
 
 import argparse
-import contextlib
 import statistics
 import time
 
 import torch
 
+from common import autocast_for, randomize
 from imf_core import DrawConfig, FastIMFObjective, FlowMatchingObjective, IMFObjective, build_model, draw_step
 
 JAX_IMF_B2_FP32_B128 = 258.0  # img/s of the authors' JAX iMF step on one H200 (issue 8), not measured here
@@ -112,13 +112,9 @@ def main():
     if args.tf32:
         torch.set_float32_matmul_precision("high")
     torch.manual_seed(0)
-    net = build_model(args.model, input_size=args.input_size, in_channels=args.channels,
-                      num_classes=args.num_classes, **overrides(args.shape)).to(device)
-    with torch.no_grad():  # zero-initialised gates and heads would make every implementation trivially cheap
-        for p in net.parameters():
-            p.add_(0.02 * torch.randn_like(p))
-    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if args.dtype == "bf16" \
-        else contextlib.nullcontext
+    net = randomize(build_model(args.model, input_size=args.input_size, in_channels=args.channels,
+                                num_classes=args.num_classes, **overrides(args.shape)).to(device))
+    autocast = autocast_for(device, args.dtype)
     if not args.no_check:
         check(args, net, device, autocast)
 

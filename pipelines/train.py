@@ -120,7 +120,8 @@ def build_trainer(args, cfg, manifest, num_rows, run_name, storage, tracking_uri
         datasets={"train": latent_dataset(args.data)},
         run_config=RunConfig(
             name=run_name, storage_path=str(storage), callbacks=callbacks,
-            logging_config=LoggingConfig(log_level="WARNING"),  # a line per report and rank would drown our progress line
+            # Train's own INFO lines (one per checkpoint saved) would sit between our progress lines.
+            logging_config=LoggingConfig(log_level="WARNING"),
             failure_config=FailureConfig(max_failures=args.max_failures),
             checkpoint_config=CheckpointConfig(
                 num_to_keep=cfg.train.keep_checkpoints,
