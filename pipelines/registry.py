@@ -184,10 +184,24 @@ def model_folder(ref: str, tracking_uri: str | None, dst=None) -> tuple[Path, ob
     version = resolve_version(client, ref)
     import mlflow
 
-    local = mlflow.artifacts.download_artifacts(
-        artifact_uri=f"models:/{version.name}/{version.version}", tracking_uri=uri,
-        dst_path=str(dst) if dst else None)
-    return Path(local) / "artifacts" / "imf_model", version
+    # The version's storage location, asked of this store: a `models:/` URI would be resolved against
+    # MLflow's default registry (./mlflow.db), not the one given.
+    location = client.get_model_version_download_uri(version.name, version.version)
+    local = Path(mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=uri,
+                                                     dst_path=str(dst) if dst else None))
+    return model_artifact(local, ref), version
+
+
+def model_artifact(logged: Path, ref: str) -> Path:
+    """The imf model folder inside a downloaded pyfunc model, where its MLmodel file says it is."""
+    import yaml
+
+    try:
+        meta = yaml.safe_load((logged / "MLmodel").read_text())
+        return logged / meta["flavors"]["python_function"]["artifacts"]["imf_model"]["path"]
+    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
+        raise UserError(f"{ref} is not an imf model (no imf_model artifact in its MLmodel: {err}); "
+                        "register models with `imf models register` or `imf train --register`") from err
 
 
 def set_best_guidance(tracking_uri, name, version, guidance: dict, metric: str, value: float):

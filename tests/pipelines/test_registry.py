@@ -110,3 +110,27 @@ def test_guidance_sweep_stores_the_best_setting_that_sample_then_uses(tmp_path, 
                      "--tracking-uri", store, "--shard-size", "4", "--actors", "1"]) == 0
     plan = json.loads((tmp_path / "s" / "sample_plan.json").read_text())
     assert plan["guidance"] == {k: best[k] for k in ("omega", "t_min", "t_max", "steps")}
+
+
+def test_models_reference_resolves_against_the_given_store_in_a_fresh_process(tmp_path, store):
+    """A fresh process with nothing set globally: `models:/` must use the store it is given, and
+    must not fall back to MLflow's default ./mlflow.db."""
+    import os
+    import subprocess
+    import sys
+
+    register_checkpoint(fake_checkpoint(tmp_path / "c1", seed=1), "fresh", store)
+    cwd = tmp_path / "elsewhere"
+    cwd.mkdir()
+    code = ("import sys; from pipelines.registry import model_folder; "
+            "folder, version = model_folder(sys.argv[1], sys.argv[2], dst=sys.argv[3]); "
+            "print(folder, version.version)")
+    # registering set MLFLOW_TRACKING_URI in this process's environment: the fresh one must not inherit it
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    run = subprocess.run([sys.executable, "-c", code, "models:/fresh@champion", store, str(tmp_path / "dl")],
+                         cwd=cwd, capture_output=True, text=True, timeout=120,
+                         env={**env, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert run.returncode == 0, run.stderr[-2000:]
+    folder, version = run.stdout.split()[-2:]
+    assert version == "1" and (Path(folder) / "model.safetensors").is_file()
+    assert not list(cwd.iterdir())  # no stray mlflow.db or mlruns/
