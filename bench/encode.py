@@ -20,8 +20,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.datasets import decode_shard
-from pipelines.encode import build_codec, plan_encode, run_encode, write_encoded_shard
+from pipelines.data.images import decode_shard
+from imf_core.codecs import codec_from_description
+from pipelines.data.encode import plan_encode, run_encode, write_encoded_shard
 from pipelines.runtime import start_ray
 
 
@@ -56,7 +57,7 @@ def bare_loop(plan, workers: int, batch_size: int, dtype: str) -> tuple:
     -> (images, seconds, (seconds, images) when the first shard was written)."""
     start = time.time()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    codec = build_codec(plan.codec, device, dtype)
+    codec = codec_from_description(plan.codec, device, dtype=getattr(torch, dtype))
     jobs = []
     for k in range(plan.num_shards):
         index = range(k * plan.shard_size, min((k + 1) * plan.shard_size, len(plan.files)))

@@ -169,7 +169,7 @@ def report(args, device, names, rates, peak, failed, compile_s):
     print(f"\n{model} {args.input_size}x{args.input_size}x{args.channels}, batch {args.batch}, {args.dtype}, "
           f"{'compiled' if args.compile else 'eager'}, {hw}, torch {torch.__version__}; "
           f"{args.repeats} repeats x {args.steps} steps, medians")
-    print(f"| step | img/s | x fm | peak GiB | warm-up s |\n|---|---|---|---|---|")
+    print("| step | img/s | x fm | peak GiB | warm-up s |\n|---|---|---|---|---|")
     base = rates.get("fm")
     for n in names:
         ratio = statistics.median(a / b for a, b in zip(rates[n], base)) if base else float("nan")

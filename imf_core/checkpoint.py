@@ -6,6 +6,7 @@ are plain state dicts of `iMeanFlow` (keys prefixed `net.`), read with
 """
 
 import json
+import os
 from pathlib import Path
 
 import torch
@@ -17,12 +18,23 @@ WEIGHTS = "model.safetensors"
 CONFIG = "config.json"
 
 
-def save_tensors(path, tensors: dict, metadata: dict | None = None):
-    """Write {name: tensor} as safetensors (atomically: a crash leaves the old file)."""
+def write_atomic(path, write) -> Path:
+    """write(temporary path) then rename onto `path`: a killed process never leaves a half-written file."""
     path = Path(path)
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp), metadata=metadata)
-    tmp.replace(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def save_tensors(path, tensors: dict, metadata: dict | None = None):
+    """Write {name: tensor} as safetensors, atomically."""
+    tensors = {k: v.detach().contiguous().cpu() for k, v in tensors.items()}
+    return write_atomic(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def save_model(directory, model: IMFDiT, extra: dict | None = None):
@@ -30,7 +42,8 @@ def save_model(directory, model: IMFDiT, extra: dict | None = None):
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     save_tensors(directory / WEIGHTS, model.state_dict())
-    (directory / CONFIG).write_text(json.dumps({"model": model.config, **(extra or {})}, indent=2))
+    text = json.dumps({"model": model.config, **(extra or {})}, indent=2)
+    write_atomic(directory / CONFIG, lambda tmp: tmp.write_text(text))
 
 
 def read_config(directory) -> dict:

@@ -1,8 +1,9 @@
 """Codecs between images in [-1, 1] (NCHW) and the latents the network models.
 
-One interface: `encode(images) -> (mean, std)` posterior moments, `sample(mean, std)`
-(a fresh draw per use), `decode(latents) -> images`, `latent_shape(resolution)` and
-`describe()` (what shard metadata records).
+One interface: `encode(images) -> (mean, std)` posterior moments, `decode(latents) -> images`,
+`latent_shape(resolution)` and `describe()` (what shard metadata records). Training draws a fresh
+latent from the stored moments each time one is used: `posterior_sample(mean, std, generator)`.
+A codec is registered in CODECS by its name; `make_codec` and `codec_from_description` build it.
 """
 
 from pathlib import Path
@@ -14,6 +15,12 @@ SD_VAE_MEAN = (0.86488, -0.27787343, 0.21616915, 0.3738409)
 SD_VAE_STD = (4.85503674, 5.31922414, 3.93725398, 3.9870003)
 
 
+def posterior_sample(mean, std, generator=None):
+    """mean + std * noise: one draw of the latent posterior, the noise from `generator` (on its device)."""
+    device = mean.device if generator is None else generator.device
+    return mean + std * torch.randn(mean.shape, generator=generator, device=device).to(mean.device)
+
+
 class PixelCodec:
     """Identity on pixels scaled to [-1, 1]: mean = image, std = 0."""
 
@@ -22,11 +29,16 @@ class PixelCodec:
     def __init__(self, channels: int = 3):
         self.channels = channels
 
+    @classmethod
+    def create(cls, weights=None, device="cpu", channels: int = 3, **kwargs):
+        return cls(channels)
+
+    @classmethod
+    def from_description(cls, info: dict, device="cpu", weights=None, **kwargs):
+        return cls(int(info["channels"]))
+
     def encode(self, images):
         return images.float(), torch.zeros_like(images, dtype=torch.float32)
-
-    def sample(self, mean, std, generator=None):
-        return mean
 
     def decode(self, latents):
         return latents.clamp(-1, 1)
@@ -73,6 +85,21 @@ class SDVAECodec:
         self.std = torch.tensor(channel_std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.downsample = 2 ** (len(self.vae.config.block_out_channels) - 1)
 
+    @classmethod
+    def create(cls, weights=None, device="cpu", channels: int = 3, **kwargs):
+        if not weights:
+            raise ValueError("the sd-vae codec needs weights: a save_pretrained folder or a hub id "
+                             "(e.g. stabilityai/sd-vae-ft-mse, already downloaded)")
+        if channels != 3:
+            raise ValueError(f"the sd-vae codec encodes RGB images, not {channels}-channel ones "
+                             "(--grayscale is for the pixels codec)")
+        return cls(weights, device=device, **kwargs)
+
+    @classmethod
+    def from_description(cls, info: dict, device="cpu", weights=None, **kwargs):
+        return cls(weights or info["weights"], device=device, channel_mean=tuple(info["channel_mean"]),
+                   channel_std=tuple(info["channel_std"]), **kwargs)
+
     @torch.no_grad()
     def encode(self, images):
         x = images.to(self.device, self.dtype)
@@ -80,11 +107,6 @@ class SDVAECodec:
             x = x.contiguous(memory_format=torch.channels_last)
         posterior = self.vae.encode(x).latent_dist
         return (posterior.mean.float() - self.mean) / self.std, posterior.std.float() / self.std
-
-    def sample(self, mean, std, generator=None):
-        noise = torch.randn(mean.shape, generator=generator, device=mean.device if generator is None
-                            else generator.device).to(mean.device)
-        return mean + std * noise
 
     @torch.no_grad()
     def decode(self, latents):
@@ -104,21 +126,18 @@ class SDVAECodec:
                 "channel_mean": self.mean.flatten().tolist(), "channel_std": self.std.flatten().tolist()}
 
 
+CODECS = {codec.name: codec for codec in (PixelCodec, SDVAECodec)}
+
+
 def make_codec(name: str, weights=None, device="cpu", channels: int = 3, **kwargs):
     """make_codec("pixels", channels=3) or make_codec("sd-vae", weights=PATH_OR_HUB_ID)."""
-    if name == "pixels":
-        return PixelCodec(channels)
-    if name == "sd-vae":
-        if not weights:
-            raise ValueError("the sd-vae codec needs weights: a save_pretrained folder or a hub id "
-                             "(e.g. stabilityai/sd-vae-ft-mse, already downloaded)")
-        return SDVAECodec(weights, device=device, **kwargs)
-    raise ValueError(f"unknown codec {name!r}; choose 'pixels' or 'sd-vae'")
+    if name not in CODECS:
+        raise ValueError(f"unknown codec {name!r}; choose one of {', '.join(repr(n) for n in CODECS)}")
+    return CODECS[name].create(weights=weights, device=device, channels=channels, **kwargs)
 
 
-def codec_from_description(info: dict, device="cpu", weights=None):
-    """Rebuild the codec recorded by `describe()` (e.g. from shard metadata)."""
-    if info["codec"] == "pixels":
-        return PixelCodec(int(info["channels"]))
-    return SDVAECodec(weights or info["weights"], device=device,
-                      channel_mean=tuple(info["channel_mean"]), channel_std=tuple(info["channel_std"]))
+def codec_from_description(info: dict, device="cpu", weights=None, **kwargs):
+    """Rebuild the codec recorded by `describe()` (e.g. from shard metadata); `weights` replaces its source."""
+    if info.get("codec") not in CODECS:
+        raise ValueError(f"unknown codec {info.get('codec')!r} in {info}; this imf knows {', '.join(CODECS)}")
+    return CODECS[info["codec"]].from_description(info, device=device, weights=weights, **kwargs)

@@ -28,28 +28,37 @@ class DrawConfig:
     dropout_rows: str = "positional"  # dropped rows lead the batch (authors), or "random"
 
     def __post_init__(self):
+        problems = self.problems()
+        if problems:
+            raise ValueError("invalid draw settings: " + "; ".join(problems))
+
+    def problems(self) -> list[str]:
+        """Every invalid setting, each named with its value (empty when all are valid)."""
         problems = []
         if self.time_sampler not in ("logit_normal", "uniform"):
             problems.append(f"time_sampler {self.time_sampler!r} is not 'logit_normal' or 'uniform'")
         for name in ("P_std", "r_P_std"):
             value = getattr(self, name)
-            if value is not None and value <= 0:
+            if value is not None and not value > 0:
                 problems.append(f"{name} = {value} must be > 0")
         if not 0.0 <= self.ratio_r_neq_t <= 1.0:
             problems.append(f"ratio_r_neq_t = {self.ratio_r_neq_t} must lie in [0, 1]")
-        if self.omega_max < 1.0:
+        if not self.omega_max >= 1.0:
             problems.append(f"omega_max = {self.omega_max} must be >= 1 (omega = 1 is no guidance)")
         for name in ("t_min_range", "t_max_range"):
             lo, hi = getattr(self, name)
             if not 0.0 <= lo <= hi <= 1.0:
                 problems.append(f"{name} = ({lo}, {hi}) must satisfy 0 <= low <= high <= 1")
+        if self.t_min_range[1] > self.t_max_range[0]:
+            problems.append(f"t_min_range = {tuple(self.t_min_range)} reaches above t_max_range = "
+                            f"{tuple(self.t_max_range)}: a CFG interval needs t_min <= t_max, so the t_min range "
+                            "must end where the t_max range starts, or below")
         if not 0.0 <= self.class_dropout < 1.0:
             problems.append(f"class_dropout = {self.class_dropout} must lie in [0, 1)")
         for name in ("row_selection", "dropout_rows"):
             if getattr(self, name) not in ("positional", "random"):
                 problems.append(f"{name} {getattr(self, name)!r} is not 'positional' or 'random'")
-        if problems:
-            raise ValueError("invalid draw settings: " + "; ".join(problems))
+        return problems
 
 
 @dataclass(frozen=True)

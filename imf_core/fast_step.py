@@ -132,7 +132,8 @@ class FastIMFObjective:
         if n_cond + n_uncond:
             rows = torch.cat([cond_rows, uncond_rows])
             query_omega = torch.cat([omega_eff[cond_rows], torch.ones_like(omega[uncond_rows])])
-            query_y = torch.cat([y[cond_rows], torch.full_like(y[uncond_rows], self.num_classes)])
+            # dropped rows' tangent: the null class's velocity, as their u is conditioned on it
+            query_y = torch.cat([y_in[cond_rows], torch.full_like(y[uncond_rows], self.num_classes)])
             args = _pad_rows(self.row_multiple, self.compiled, z[rows], t[rows], query_omega, query_y)
             with torch.no_grad():
                 answer = self._velocity_query(inner, "v" if aux else "u", *args)

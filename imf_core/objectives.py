@@ -59,7 +59,8 @@ def instantaneous_velocity(net, source, z, t, omega, y):
 def guided_target(net, source, z, v_t, y, draws: StepDraws, num_classes):
     """v_g = (e - x) + (1 - 1/omega_eff) (v_c - v_u) with the online weights (METHOD.md §4).
 
-    Returns (v_g, v_c): v_c, queried at omega_eff, is the JVP tangent. Dropped rows get e - x.
+    Returns (v_g, v_c): v_c, queried at omega_eff, is the JVP tangent. Dropped rows get e - x, and their
+    v_c is the null class's velocity, the condition their u is computed under.
     """
     t, omega = draws.t, draws.omega
     null = torch.full_like(y, num_classes)
@@ -70,7 +71,7 @@ def guided_target(net, source, z, v_t, y, draws: StepDraws, num_classes):
     v_u = both.chunk(2)[1]
     in_interval = draws.boundary | ((t >= draws.t_min) & (t <= draws.t_max))
     omega_eff = torch.where(in_interval, omega, torch.ones_like(omega))
-    v_c = instantaneous_velocity(net, source, z, t, omega_eff, y)
+    v_c = instantaneous_velocity(net, source, z, t, omega_eff, _dropped_labels(y, draws, num_classes))
     v_g = v_t + per_row(1 - 1 / omega_eff, v_t) * (v_c - v_u)
     v_g = torch.where(per_row(draws.drop, v_t).bool(), v_t, v_g)
     return v_g, v_c

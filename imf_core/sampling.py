@@ -11,10 +11,11 @@ def _per_row(value, n, like):
 
 
 @torch.no_grad()
-def sample(net, noise, labels, omega=1.0, t_min=0.0, t_max=1.0, steps=1):
+def sample(net, noise, labels, omega=1.0, t_min=0.0, t_max=1.0, steps=1, instantaneous=False):
     """z_r = z_t - (t - r) u(z_t | h = t - r, c, omega, t_min, t_max); 1-NFE is steps = 1.
 
-    omega, t_min, t_max: a number or one value per row. Returns z_0 in the data space.
+    omega, t_min, t_max: a number or one value per row. instantaneous: query h = 0 at every step, i.e. Euler
+    steps on the velocity v(z_t) (a network trained by flow matching knows no other h). Returns z_0.
     """
     if steps < 1:
         raise ValueError(f"steps = {steps} must be >= 1")
@@ -24,7 +25,7 @@ def sample(net, noise, labels, omega=1.0, t_min=0.0, t_max=1.0, steps=1):
     for i in range(steps):
         t = grid[i].expand(n)
         r = grid[i + 1].expand(n)
-        u = _call(net, "u", z, t, t - r, omega, t_min, t_max, labels)
+        u = _call(net, "u", z, t, torch.zeros_like(t) if instantaneous else t - r, omega, t_min, t_max, labels)
         z = z - (t - r).view(-1, *([1] * (z.dim() - 1))).to(z.dtype) * u
     return z
 
@@ -32,3 +33,35 @@ def sample(net, noise, labels, omega=1.0, t_min=0.0, t_max=1.0, steps=1):
 def to_uint8(images: torch.Tensor) -> torch.Tensor:
     """Images in [-1, 1] to uint8 as clip(127.5 x + 128), the ADM/authors' rounding."""
     return (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
+
+
+def index_noise(seed: int, indices, shape) -> torch.Tensor:
+    """The noise of images `indices` of a seeded request: image i's comes from a generator seeded by (seed, i)
+    alone, so it is the same whatever the batch, the worker or the entry point (batch job, pyfunc, server)."""
+    import numpy as np
+
+    def generator(i):
+        state = np.random.SeedSequence((int(seed), int(i))).generate_state(1, np.uint64)[0]
+        return torch.Generator().manual_seed(int(state >> np.uint64(1)))
+
+    return torch.stack([torch.randn(tuple(shape), generator=generator(i)) for i in indices])
+
+
+@torch.no_grad()
+def generate(net, codec, noise, labels, omega=1.0, t_min=0.0, t_max=1.0, steps=1, batch_size=256,
+             autocast=None, instantaneous=False) -> torch.Tensor:
+    """Sample and decode: uint8 images (N, C, H, W) on the CPU. `autocast`: a context factory for the network
+    (e.g. bf16 on a GPU); the codec decodes in its own precision. Guidance values: numbers or one per row."""
+    import contextlib
+
+    device = next(net.parameters()).device
+    n = noise.shape[0]
+    omega, t_min, t_max = (_per_row(v, n, noise) for v in (omega, t_min, t_max))
+    out = []
+    for rows in torch.arange(n).split(batch_size):
+        with (autocast or contextlib.nullcontext)():
+            z = sample(net, noise[rows].to(device), labels[rows].to(device), omega=omega[rows].to(device),
+                       t_min=t_min[rows].to(device), t_max=t_max[rows].to(device), steps=steps,
+                       instantaneous=instantaneous)
+        out.append(to_uint8(codec.decode(z.float())).cpu())
+    return torch.cat(out)

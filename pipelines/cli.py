@@ -1,34 +1,80 @@
-"""The `imf` command line.
+"""The `imf` command line: one sub-command per pipeline step.
 
-Each step registers itself through the `imf.commands` entry-point group (see
-pyproject.toml) with a `register(subparsers)` function that adds its parser and
-sets `func`. A step whose module is not installed is left out of the help.
+STEPS lists the steps' modules in pipeline order. Each has `register(steps)`, which adds its parser
+(the flags every step shares come from `add_shared_flags`) and sets `func`: a function of the parsed
+arguments that builds the step's typed spec and runs it. A new step is one module and one line here.
+Steps of other installed packages (the `tune` package) join through the `imf.commands` entry-point
+group; a `register.after` attribute names the STEPS module they follow in the help.
 """
 
 import argparse
 import sys
+from importlib import import_module
 from importlib.metadata import entry_points
 
 from .errors import UserError
 
-ORDER = ["data", "encode", "train", "tune", "models", "sample", "evaluate", "submit", "jobs", "demo"]
+STEPS = [
+    "pipelines.data.digits",        # imf data
+    "pipelines.data.encode",        # imf encode
+    "pipelines.train.driver",       # imf train
+    "pipelines.models.registry",    # imf models
+    "pipelines.generate.sample",    # imf sample
+    "pipelines.evaluation.evaluate",  # imf evaluate
+    "pipelines.ops.jobs",           # imf submit, imf jobs
+    "pipelines.ops.demo",           # imf demo
+]
+ADDRESS_HELP = "Ray cluster: auto (the cluster this machine is part of) or ray://HOST:10001; default a new local instance"
+TRACKING_HELP = "MLflow tracking URI, e.g. http://mlflow:5000; default a local store (SQLite) under ./mlruns"
 
 
-def _commands():
-    found = {ep.name: ep for ep in entry_points(group="imf.commands")}
-    return [found[name] for name in sorted(found, key=lambda n: (ORDER.index(n) if n in ORDER else 99, n))]
+def add_shared_flags(parser, *, address=False, tracking=False, storage=None):
+    """The flags that mean the same in every step, defined once.
+
+    address: True (the step runs on Ray) or "unused" (accepted so that every step takes it).
+    tracking: False, True (the step always reads or writes MLflow), or a function(args) -> bool telling
+      whether this run, without --tracking-uri, would use the local store (`imf submit` refuses those).
+    storage: the default of --storage (checkpoints: a local folder or a URI), or None for no flag.
+    """
+    if address:
+        parser.add_argument("--address", default=None, help=ADDRESS_HELP if address is True else
+                            "accepted like every step's; this step does not use Ray")
+    if tracking:
+        parser.add_argument("--tracking-uri", default=None, help=TRACKING_HELP)
+        parser.set_defaults(uses_local_store=tracking if callable(tracking) else (lambda args: True))
+    if storage is not None:
+        parser.add_argument("--storage", default=storage, help="where checkpoints go: a local folder or a URI "
+                            f"such as s3://bucket/runs (default {storage})")
+
+
+def spec_from_args(spec_type, args):
+    """A step's typed spec (a dataclass) from the parsed flags of the same names."""
+    from dataclasses import fields
+
+    return spec_type(**{f.name: getattr(args, f.name) for f in fields(spec_type) if hasattr(args, f.name)})
+
+
+def _plugins():
+    found = []
+    for ep in entry_points(group="imf.commands"):
+        try:
+            found.append(ep.load())
+        except ModuleNotFoundError as err:
+            if not (err.name and ep.value.startswith(err.name)):
+                raise  # a missing module inside an installed step is a real error
+    return found
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="imf", description="improved MeanFlow: encode, train, tune, sample, evaluate")
     steps = parser.add_subparsers(dest="command", required=True, metavar="STEP")
-    for ep in _commands():
-        try:
-            register = ep.load()
-        except ModuleNotFoundError as err:
-            if err.name and ep.value.startswith(err.name):
-                continue  # that step is not part of this installation
-            raise
+    plugins = _plugins()
+    for module in STEPS:
+        import_module(module).register(steps)
+        for register in [p for p in plugins if getattr(p, "after", None) == module]:
+            register(steps)
+            plugins.remove(register)
+    for register in plugins:
         register(steps)
     return parser
 
@@ -43,7 +89,7 @@ def main(argv=None):
     except KeyboardInterrupt:
         print(f"imf {args.command}: interrupted", file=sys.stderr)
         return 130
-    return int(status or 0)
+    return status if isinstance(status, int) else 0  # a step's run may return its summary
 
 
 if __name__ == "__main__":

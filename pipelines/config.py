@@ -1,203 +1,304 @@
-"""Training configuration: one YAML file, validated before any worker starts.
+"""Training configuration: one YAML file (plus `--set key=value` overrides), validated before any worker starts.
 
-Defaults are the paper's ImageNet-256 recipe (METHOD.md §3-§5, §9). Every key of
-a file must be known; every problem is reported at once, naming the key.
+Defaults are the paper's ImageNet-256 recipe (METHOD.md §3-§5, §9). The config is a pydantic model:
+every key must be known, every value of the right type, finite and in range, and every problem is
+reported at once, naming the key, the value given and what is allowed. YAML is read with YAML 1.2's
+numbers, so `1e-4` and `3e5` are numbers (PyYAML alone reads them as strings).
 """
 
-import dataclasses
-from dataclasses import dataclass, field, fields
+import math
+import re
+from dataclasses import fields as dataclass_fields
 from pathlib import Path
+from typing import Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model, field_validator, model_validator
 
 from imf_core import SIZES
 from imf_core.draws import DrawConfig
 
 from .errors import UserError
 
+# IMFDiT arguments a config may override; input size, channels and classes come from the data, the
+# v-branch from the objective.
+MODEL_OVERRIDES = {"patch_size": int, "hidden_size": int, "depth": int, "num_heads": int, "aux_head_depth": int,
+                   "mlp_ratio": float, "num_class_tokens": int, "num_cfg_tokens": int, "num_interval_tokens": int,
+                   "num_time_tokens": int, "weight_init_constant": float}
+STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
+Fraction = Field(ge=0, lt=1)
 
-@dataclass
-class ModelSection:
+
+class ModelSection(BaseModel):
+    model_config = STRICT
     name: str = "B/2"
-    overrides: dict = field(default_factory=dict)  # e.g. {aux_head_depth: 4}; input/classes come from the data
+    overrides: dict[str, Any] = Field(default_factory=dict)  # e.g. {aux_head_depth: 4}
+
+    @field_validator("name")
+    @classmethod
+    def _known_size(cls, name):
+        if name not in SIZES:
+            raise ValueError(f"is unknown (choose one of {', '.join(SIZES)})")
+        return name
+
+    @field_validator("overrides")
+    @classmethod
+    def _overrides(cls, overrides):
+        problems = []
+        for key, value in overrides.items():
+            kind = MODEL_OVERRIDES.get(key)
+            if kind is None:
+                problems.append(f"{key} cannot be overridden (these can: {', '.join(MODEL_OVERRIDES)})")
+            elif isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+                problems.append(f"{key} = {value!r} must be a {'whole ' if kind is int else ''}number")
+            elif not (math.isfinite(value) and value > 0):
+                problems.append(f"{key} = {value!r} must be a finite number > 0")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return {k: MODEL_OVERRIDES[k](v) for k, v in overrides.items()}
+
+    @model_validator(mode="after")
+    def _buildable(self):
+        """The network these settings make must exist (checked on the meta device: no memory, no time)."""
+        import torch
+
+        from imf_core import build_model
+
+        try:
+            with torch.device("meta"):
+                build_model(self.name, **self.overrides)
+        except (ValueError, RuntimeError, TypeError) as err:
+            raise ValueError(f"model {self.name} with overrides {self.overrides} cannot be built: {err}") from None
+        return self
 
 
-@dataclass
-class ObjectiveSection:
-    kind: str = "imf"  # imf | mf | fm
-    tangent: str = "aux"  # aux | boundary
-    norm_p: float = 1.0
-    norm_eps: float = 0.01
+class ObjectiveSection(BaseModel):
+    model_config = STRICT
+    kind: Literal["imf", "mf", "fm"] = "imf"
+    tangent: Literal["aux", "boundary"] = "aux"
+    norm_p: float = Field(1.0, ge=0)
+    norm_eps: float = Field(0.01, gt=0)
     fast: bool = True  # the optimised step (imf_core.FastIMFObjective; same loss and gradients)
-    mf_omega: float = 1.0  # original MeanFlow only
-    mf_kappa: float = 0.5
+    mf_omega: float = Field(1.0, ge=0)  # original MeanFlow only
+    mf_kappa: float = Field(0.5, ge=0)
     fm_guided: bool = False  # flow matching only
 
 
-@dataclass
-class OptimSection:
-    lr: float = 1e-4
-    betas: tuple = (0.9, 0.95)
-    weight_decay: float = 0.0
-    warmup_epochs: float = 10.0
-    grad_clip: float | None = None
+_DrawFields = create_model(  # imf_core.DrawConfig's fields, types and defaults, as a strict pydantic model
+    "_DrawFields", __config__=STRICT, **{f.name: (f.type, f.default) for f in dataclass_fields(DrawConfig)})
 
 
-@dataclass
-class TrainSection:
-    batch_size: int = 1024  # global, over all workers
-    epochs: float = 640.0
-    max_steps: int | None = None  # stop earlier than `epochs`
-    seed: int = 0
-    ema_decays: tuple = (0.9999,)
+class DrawsSection(_DrawFields):
+    @model_validator(mode="after")
+    def _problems(self):
+        problems = DrawConfig.problems(self)  # the dataclass's own checks, on the validated values
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class OptimSection(BaseModel):
+    model_config = STRICT
+    lr: float = Field(1e-4, gt=0)
+    betas: tuple[float, float] = (0.9, 0.95)
+    weight_decay: float = Field(0.0, ge=0)
+    warmup_epochs: float = Field(10.0, ge=0)
+    grad_clip: float | None = Field(None, gt=0)
+
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, betas):
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError("must be two numbers in [0, 1)")
+        return betas
+
+
+class TrainSection(BaseModel):
+    model_config = STRICT
+    batch_size: int = Field(1024, ge=1)  # global, over all workers
+    epochs: float = Field(640.0, gt=0)
+    max_steps: int | None = Field(None, ge=1)  # stop earlier than `epochs`
+    seed: int = Field(0, ge=0)
+    ema_decays: tuple[float, ...] = Field((0.9999,), min_length=1)
     ema_warmup: bool = False  # cap the decay at (1 + step) / (10 + step): for short runs
     bf16: bool = True  # autocast on GPU; CPU runs stay fp32
     flip: bool = False
-    log_every: int = 100
-    checkpoint_every: int = 5000
-    keep_checkpoints: int = 3
-    sample_every: int = 0  # 0: only at the end
-    shuffle_buffer: int = 10000
-    eval_every: int = 0  # steps between quick_fd evaluations (0: only at the end when eval_samples > 0)
-    eval_samples: int = 0  # 1-NFE samples (and reference images) per quick_fd evaluation; 0: off
+    log_every: int = Field(100, ge=1)
+    checkpoint_every: int = Field(5000, ge=1)
+    keep_checkpoints: int = Field(3, ge=1)
+    sample_every: int = Field(0, ge=0)  # 0: only at the end
+    shuffle_buffer: int = Field(10000, ge=0)  # streamed data: rows in Ray Data's local shuffle buffer
+    data_in_memory_gb: float = Field(4.0, ge=0)  # a worker's share of the latents up to this size is read once
+    eval_every: int = Field(0, ge=0)  # steps between quick_fd evaluations (0: only at the end)
+    eval_samples: int = Field(0, ge=0)  # 1-NFE samples per quick_fd evaluation; 0: off
+
+    @field_validator("ema_decays")
+    @classmethod
+    def _decays(cls, decays):
+        if not all(0 <= d < 1 for d in decays):
+            raise ValueError("must be one or more numbers in [0, 1)")
+        return decays
+
+    @field_validator("eval_samples")
+    @classmethod
+    def _samples(cls, n):
+        if n == 1:
+            raise ValueError("must be 0 (off) or >= 2 (a Fréchet distance needs two images)")
+        return n
 
 
-@dataclass
-class SamplingSection:
-    omegas: tuple = (1.0, 4.0, 8.0)
-    t_min: float = 0.4
-    t_max: float = 0.65
-    per_class: int = 4
-    max_classes: int = 10
-    seed: int = 0
+class SamplingSection(BaseModel):
+    model_config = STRICT
+    omegas: tuple[float, ...] = Field((1.0, 4.0, 8.0), min_length=1)
+    t_min: float = Field(0.4, ge=0, le=1)
+    t_max: float = Field(0.65, ge=0, le=1)
+    per_class: int = Field(4, ge=1)
+    max_classes: int = Field(10, ge=1)
+    seed: int = Field(0, ge=0)
+
+    @field_validator("omegas")
+    @classmethod
+    def _omegas(cls, omegas):
+        if not all(w >= 1 for w in omegas):
+            raise ValueError("omega must be >= 1 (1 is no guidance)")
+        return omegas
+
+    @model_validator(mode="after")
+    def _interval(self):
+        if self.t_min > self.t_max:
+            raise ValueError(f"t_min = {self.t_min} > t_max = {self.t_max}: the CFG interval needs t_min <= t_max")
+        return self
 
 
-@dataclass
-class TrainConfig:
-    model: ModelSection = field(default_factory=ModelSection)
-    objective: ObjectiveSection = field(default_factory=ObjectiveSection)
-    draws: dict = field(default_factory=dict)  # imf_core.DrawConfig fields
-    optim: OptimSection = field(default_factory=OptimSection)
-    train: TrainSection = field(default_factory=TrainSection)
-    sampling: SamplingSection = field(default_factory=SamplingSection)
+class TrainConfig(BaseModel):
+    model_config = STRICT
+    model: ModelSection = Field(default_factory=ModelSection)
+    objective: ObjectiveSection = Field(default_factory=ObjectiveSection)
+    draws: DrawsSection = Field(default_factory=DrawsSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
 
     def draw_config(self) -> DrawConfig:
-        return DrawConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in self.draws.items()})
+        return DrawConfig(**self.draws.model_dump())
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
     def flat(self) -> dict:
-        """{"optim.lr": 1e-4, ...} with the draw settings filled in: what MLflow logs as params."""
-        out = {}
-        full = self.to_dict()
-        full["draws"] = dataclasses.asdict(self.draw_config())
-        for section, values in full.items():
-            for key, value in values.items():
-                out[f"{section}.{key}"] = value
-        return out
+        """{"optim.lr": 1e-4, ...}: what MLflow logs as params."""
+        return {f"{section}.{key}": value for section, values in self.to_dict().items() for key, value in values.items()}
 
 
-SECTIONS = {f.name: f for f in fields(TrainConfig)}
+SECTIONS = {name: field.annotation for name, field in TrainConfig.model_fields.items()}
 
 
-def _build_section(cls, values, name, problems):
-    if not isinstance(values, dict):
-        problems.append(f"{name}: expected a mapping, got {type(values).__name__}")
-        return cls()
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        problems.append(f"{name}: unknown key(s) {', '.join(unknown)} (known: {', '.join(known)})")
-    kwargs = {}
-    for key, value in values.items():
-        if key in known:
-            default = getattr(cls(), key)
-            if isinstance(default, tuple) and isinstance(value, list):
-                value = tuple(value)
-            kwargs[key] = value
-    return cls(**kwargs)
+class _Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's floats: 1e-4, 3E5, .5 are numbers (YAML 1.1 wants 1.0e-4)."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:\d[\d_]*\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
+    list("-+0123456789."))
+
+
+def read_yaml(text: str):
+    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
+
+
+PHRASES = {  # pydantic's error types, said the way the rest of the errors here say things
+    "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}", "less_than": "must be < {lt}",
+    "less_than_equal": "must be <= {le}", "finite_number": "must be a finite number (not NaN or infinity)",
+    "float_parsing": "must be a number", "float_type": "must be a number", "int_parsing": "must be a whole number",
+    "int_type": "must be a whole number", "int_from_float": "must be a whole number", "bool_parsing":
+    "must be true or false", "bool_type": "must be true or false", "string_type": "must be a string",
+    "tuple_type": "must be a list", "list_type": "must be a list", "too_short": "must hold at least {min_length} "
+    "value(s)", "too_long": "must hold at most {max_length} value(s)", "literal_error": "must be one of {expected}",
+    "dict_type": "must be a mapping", "model_type": "must be a mapping of keys to values",
+}
+
+
+def _describe(error: dict) -> str:
+    key = ".".join(str(part) for part in error["loc"])
+    kind, given = error["type"], error.get("input")
+    if kind == "value_error":  # our own validators say it whole
+        message = str(error["ctx"]["error"]) if "ctx" in error else error["msg"]
+        whole = isinstance(given, dict) or "=" in message.split(":")[0]
+        return f"{key}: {message}" if whole else f"{key} = {given!r} {message}"
+    phrase = PHRASES.get(kind, error["msg"]).format(**error.get("ctx", {}))
+    return f"{key} = {given!r} {phrase}"
+
+
+def problems_of(error: ValidationError) -> list[str]:
+    """One line per problem; unknown keys grouped per section with the known ones listed."""
+    lines, unknown = [], {}
+    errors = error.errors()
+    locs = [tuple(e["loc"]) for e in errors]
+    for e in errors:
+        loc = tuple(e["loc"])
+        if any(len(other) > len(loc) and other[:len(loc)] == loc for other in locs):
+            continue  # a container's error that only repeats the one of its item
+        if e["type"] == "extra_forbidden":
+            unknown.setdefault(tuple(e["loc"][:-1]), []).append(str(e["loc"][-1]))
+        else:
+            lines.append(_describe(e))
+    for section, keys in unknown.items():
+        if not section:
+            lines.append(f"unknown section(s) {', '.join(keys)} (known: {', '.join(SECTIONS)})")
+        else:
+            known = SECTIONS[section[0]].model_fields if section[0] in SECTIONS else {}
+            lines.append(f"{'.'.join(section)}: unknown key(s) {', '.join(keys)} (known: {', '.join(known)})")
+    return lines
 
 
 def config_from_dict(raw: dict | None) -> TrainConfig:
-    raw = raw or {}
-    problems = []
-    unknown = sorted(set(raw) - set(SECTIONS))
-    if unknown:
-        problems.append(f"unknown section(s) {', '.join(unknown)} (known: {', '.join(SECTIONS)})")
-    cfg = TrainConfig()
-    for name in ("model", "objective", "optim", "train", "sampling"):
-        if name in raw:
-            setattr(cfg, name, _build_section(type(getattr(cfg, name)), raw[name], name, problems))
-    if "draws" in raw:
-        draws = raw["draws"] or {}
-        known = {f.name for f in fields(DrawConfig)}
-        bad = sorted(set(draws) - known)
-        if bad:
-            problems.append(f"draws: unknown key(s) {', '.join(bad)} (known: {', '.join(sorted(known))})")
-        cfg.draws = {k: v for k, v in draws.items() if k in known}
-    problems += validate(cfg)
-    if problems:
-        raise UserError("invalid training config:\n  - " + "\n  - ".join(problems))
-    return cfg
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UserError(f"invalid training config: it must be a mapping of sections ({', '.join(SECTIONS)}), "
+                        f"got {type(raw).__name__} {str(raw)[:60]!r}")
+    raw = {k: ({} if v is None else v) for k, v in raw.items()}  # `train:` with nothing under it
+    try:
+        return TrainConfig.model_validate(raw)
+    except ValidationError as err:
+        raise UserError("invalid training config:\n  - " + "\n  - ".join(problems_of(err))) from None
 
 
-def load_config(path) -> TrainConfig:
+def apply_overrides(raw: dict, assignments) -> dict:
+    """`section.key=value` assignments (values read as YAML, like the file) applied to a raw config dict."""
+    raw = dict(raw or {})
+    for text in assignments or ():
+        key, sep, value = text.partition("=")
+        section, dot, name = key.strip().partition(".")
+        if not sep or not dot or not name:
+            raise UserError(f"--set {text!r}: write SECTION.KEY=VALUE, e.g. --set optim.lr=3e-4 "
+                            f"(sections: {', '.join(SECTIONS)})")
+        try:
+            parsed = read_yaml(value) if value.strip() else None
+        except yaml.YAMLError as err:
+            raise UserError(f"--set {text!r}: the value is not valid YAML ({err})") from None
+        current = raw.get(section)
+        raw[section] = {**(current if isinstance(current, dict) else {}), name: parsed}
+    return raw
+
+
+def load_config(path, overrides=()) -> TrainConfig:
+    """The YAML file at `path` with `--set` overrides applied, validated; UserError naming every problem."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"config file {path} not found (see pipelines/configs/ for one per model size)")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = read_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"config file {path} is not valid YAML: {err}") from err
+    if raw is None:
+        raise UserError(f"config file {path} is empty: a training config names at least its model "
+                        "(start from pipelines/configs/demo.yaml or imf_b2.yaml)")
     try:
-        return config_from_dict(raw)
+        return config_from_dict(apply_overrides(raw, overrides) if isinstance(raw, dict) else raw)
     except UserError as err:
         raise UserError(f"{path}: {err}") from None
-
-
-def validate(cfg: TrainConfig) -> list[str]:
-    p = []
-    if cfg.model.name not in SIZES:
-        p.append(f"model.name {cfg.model.name!r} is unknown (choose one of {', '.join(SIZES)})")
-    o = cfg.objective
-    if o.kind not in ("imf", "mf", "fm"):
-        p.append(f"objective.kind {o.kind!r} must be imf, mf or fm")
-    if o.tangent not in ("aux", "boundary"):
-        p.append(f"objective.tangent {o.tangent!r} must be aux or boundary")
-    if o.norm_eps <= 0 or o.norm_p < 0:
-        p.append(f"objective.norm_p/norm_eps = {o.norm_p}/{o.norm_eps}: need p >= 0 and eps > 0")
-    opt = cfg.optim
-    if not opt.lr > 0:
-        p.append(f"optim.lr = {opt.lr} must be > 0")
-    if len(opt.betas) != 2 or not all(0 <= b < 1 for b in opt.betas):
-        p.append(f"optim.betas = {opt.betas} must be two numbers in [0, 1)")
-    if opt.weight_decay < 0 or opt.warmup_epochs < 0:
-        p.append("optim.weight_decay and optim.warmup_epochs must be >= 0")
-    if opt.grad_clip is not None and opt.grad_clip <= 0:
-        p.append(f"optim.grad_clip = {opt.grad_clip} must be > 0 or null")
-    t = cfg.train
-    if t.batch_size < 1:
-        p.append(f"train.batch_size = {t.batch_size} must be >= 1")
-    if t.epochs <= 0 and not t.max_steps:
-        p.append("train.epochs must be > 0 (or set train.max_steps)")
-    if t.max_steps is not None and t.max_steps < 1:
-        p.append(f"train.max_steps = {t.max_steps} must be >= 1 or null")
-    if any(not 0 <= d < 1 for d in t.ema_decays) or not t.ema_decays:
-        p.append(f"train.ema_decays = {t.ema_decays} must be one or more numbers in [0, 1)")
-    for key in ("log_every", "checkpoint_every", "keep_checkpoints"):
-        if getattr(t, key) < 1:
-            p.append(f"train.{key} must be >= 1")
-    s = cfg.sampling
-    if any(w < 1 for w in s.omegas):
-        p.append(f"sampling.omegas = {s.omegas}: omega must be >= 1")
-    if not 0 <= s.t_min <= s.t_max <= 1:
-        p.append(f"sampling.t_min/t_max = {s.t_min}/{s.t_max} must satisfy 0 <= t_min <= t_max <= 1")
-    try:
-        cfg.draw_config()
-    except (ValueError, TypeError) as err:
-        p.append(f"draws: {err}")
-    return p
 
 
 def check_workers(cfg: TrainConfig, workers: int):

@@ -1,7 +1,10 @@
 """MLflow helpers: a local store by default, explicit experiment ids, and logging that
 turns a vanished tracking server into warnings instead of a failed run."""
 
+import contextlib
+import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -34,19 +37,51 @@ def experiment_id(client, name: str, tracking_uri: str) -> str:
     return client.create_experiment(name, artifact_location=location)
 
 
+@contextlib.contextmanager
+def _quick_requests(timeout_s: int = 5, retries: int = 1):
+    """MLflow's HTTP retries and timeout for one probe (MLflow reads them per request): a dead server is
+    found out in seconds, not after its default back-off of minutes."""
+    keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
+            "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(keys)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def connect(tracking_uri: str | None):
-    """An MlflowClient for the URI (default: the local store); an unreachable server is a UserError."""
+    """An MlflowClient for the URI (default: the local store), tracking and registry both; an unreachable
+    server is a UserError within seconds."""
+    # A progress bar per artifact download floods logs that are not a terminal.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or default_tracking_uri()
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        client.search_experiments(max_results=1)
+        with _quick_requests():
+            client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
         raise UserError(f"cannot reach the MLflow tracking store {uri!r} ({err.__class__.__name__}: "
                         f"{str(err)[:200]}). Start it (e.g. `mlflow server --host 127.0.0.1`) or pass "
                         "--tracking-uri sqlite:////abs/path/mlflow.db") from err
     return client, uri
+
+
+def param_value(value) -> str:
+    return json.dumps(value) if isinstance(value, (dict, list, tuple)) else str(value)
+
+
+def log_params(client, run_id, params: dict):
+    from mlflow.entities import Param
+
+    client.log_batch(run_id, params=[Param(k, param_value(v)) for k, v in params.items()])
 
 
 class TolerantLogger:
@@ -72,9 +107,13 @@ class TolerantLogger:
                               f"training continues ({self.failures} failures so far)", stacklevel=3)
             return None
 
+    def params(self, values: dict):
+        self._guard("log params", log_params, self.client, self.run_id, values)
+
     def metrics(self, values: dict, step: int):
-        from mlflow.entities import Metric
         import time
+
+        from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         batch = [Metric(k, float(v), now, step) for k, v in values.items()]

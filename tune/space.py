@@ -17,13 +17,12 @@ trial starts: unknown keys or kinds, empty or reversed ranges, and values the tr
 import copy
 import json
 import random
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
-from imf_core.draws import DrawConfig
-from pipelines.config import SECTIONS, check_workers, config_from_dict
+from pipelines.config import SECTIONS, apply_overrides, check_workers, config_from_dict, read_yaml
 from pipelines.errors import UserError
 
 CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
@@ -121,7 +120,7 @@ def resolve_space_path(name) -> Path:
 
 def _read_yaml(path: Path, what: str):
     try:
-        return yaml.safe_load(path.read_text())
+        return read_yaml(path.read_text())
     except yaml.YAMLError as err:
         raise UserError(f"{what} {path} is not valid YAML: {err}") from err
 
@@ -136,9 +135,9 @@ def _base_config(value, space_path: Path) -> dict:
                     f"or one of {', '.join(sorted(p.name for p in CONFIGS.glob('*.yaml')))})")
 
 
-def load_space(name, config=None) -> Space:
-    """Read a space file; `config` (a train config path) replaces its `base`. Checks the file's shape only:
-    call `check` once the sweep's own settings are known."""
+def load_space(name, config=None, overrides=()) -> Space:
+    """Read a space file; `config` (a train config path) replaces its `base`, `overrides` (--set) apply on top.
+    Checks the file's shape only: call `check` once the sweep's own settings are known."""
     path = resolve_space_path(name)
     raw = _read_yaml(path, "search space")
     if not isinstance(raw, dict):
@@ -151,8 +150,8 @@ def load_space(name, config=None) -> Space:
     if not isinstance(entries, dict) or not entries:
         raise UserError(f"search space {path}: `space:` must map dotted config keys to ranges, "
                         "e.g. `draws.omega_max: {uniform: [2, 10]}`")
-    overrides = raw.get("overrides") or {}
-    if not isinstance(overrides, dict):
+    raw_overrides = raw.get("overrides") or {}
+    if not isinstance(raw_overrides, dict):
         raise UserError(f"search space {path}: `overrides:` must be a mapping of config sections")
     if config and not Path(config).is_file():
         raise UserError(f"--config {config} not found (a train config YAML, e.g. pipelines/configs/demo.yaml)")
@@ -160,8 +159,8 @@ def load_space(name, config=None) -> Space:
         base = _read_yaml(Path(config), "config file") or {}
     else:
         base = _base_config(raw.get("base"), path)
-    return Space(path=path, name=path.stem, description=str(raw.get("description") or ""),
-                 base=merge(base, overrides), entries=entries)
+    base = apply_overrides(merge(base, raw_overrides), overrides)
+    return Space(path=path, name=path.stem, description=str(raw.get("description") or ""), base=base, entries=entries)
 
 
 def _kind(spec):
@@ -169,8 +168,7 @@ def _kind(spec):
 
 
 def _known_keys() -> dict:
-    return {section: [x.name for x in fields(DrawConfig if section == "draws" else f.default_factory)]
-            for section, f in SECTIONS.items()}
+    return {section: list(model.model_fields) for section, model in SECTIONS.items()}
 
 
 def entry_problems(key: str, spec) -> list[str]:

@@ -1,12 +1,13 @@
 """After a sweep: one row per trial, the child runs closed with their outcome, and the parent run's
 summary table and plot of the metric against each swept parameter."""
 
-import csv
 import json
 import math
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import pandas as pd
 
 from .trial import METRIC, TRIAL_TAG
 
@@ -96,16 +97,6 @@ def table(rows: list[TrialRow], keys: list[str]) -> dict:
     return columns
 
 
-def format_table(columns: dict) -> str:
-    names = list(columns)
-    cells = [[("-" if v is None else str(v)) for v in columns[n]] for n in names]
-    widths = [max(len(n), *(len(c) for c in col)) if col else len(n) for n, col in zip(names, cells)]
-    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths))]
-    for i in range(len(columns[names[0]])):
-        lines.append("  ".join(cells[j][i].ljust(w) for j, w in enumerate(widths)))
-    return "\n".join(lines)
-
-
 def _label(value) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
@@ -147,13 +138,11 @@ def log_summary(client, parent_run_id: str, rows: list[TrialRow], keys: list[str
     """Log the table (MLflow table + CSV) and the plot to the parent run; returns the printable table."""
     columns = table(rows, keys)
     client.log_table(parent_run_id, data=columns, artifact_file="tune_summary.json")
-    text = format_table(columns)
+    frame = pd.DataFrame(columns)
+    text = frame.to_string(index=False, na_rep="-", float_format=lambda v: f"{v:.6g}")
     with tempfile.TemporaryDirectory(prefix="imf_tune_") as tmp:
         csv_path = Path(tmp) / "tune_summary.csv"
-        with open(csv_path, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(columns)
-            writer.writerows(zip(*columns.values()))
+        frame.to_csv(csv_path, index=False)
         client.log_artifact(parent_run_id, str(csv_path))
         client.log_artifact(parent_run_id, str(plot(rows, keys, Path(tmp) / f"{METRIC}_vs_params.png")))
     stopped = sum(r.outcome == "stopped early" for r in rows)

@@ -9,16 +9,50 @@ Everything that can be checked (space, configs, data, workers, tracking store) i
 import contextlib
 import math
 import time
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 from pipelines.config import config_from_dict
 from pipelines.errors import UserError
-from pipelines.train import add_cluster_args, log_params, prepare, storage_root
-from pipelines.tracking import connect, experiment_id
+from pipelines.tracking import connect, experiment_id, log_params
+from pipelines.train.driver import TrainSpec, prepare, storage_root, worker_resources
+from pipelines.train.schedule import total_steps
 
 from .space import apply, check, load_space
 
 TRIAL_CPU = 0.1  # the Tune function itself; its TorchTrainer's workers hold their own resources
+
+
+@dataclass
+class TuneSpec:
+    data: str
+    space: str
+    trials: int
+    max_steps: int
+    config: str | None = None
+    set: list = field(default_factory=list)
+    evals: int = 4
+    eval_samples: int = 256
+    grace: int | None = None
+    reduction_factor: float = 2.0
+    max_concurrent: int | None = None
+    workers: int = 1
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float | None = None
+    max_failures: int = 0
+    storage: str = "imf_runs"
+    name: str | None = None
+    experiment: str | None = None
+    register: str | None = None
+    seed: int = 0
+    address: str | None = None
+    tracking_uri: str | None = None
+
+    def trial_spec(self, raw: dict | None, **changes) -> TrainSpec:
+        """The TrainSpec of one trial: this sweep's data and resources, a config given as a dict."""
+        spec = TrainSpec(data=self.data, raw=raw, workers=self.workers, gpus_per_worker=self.gpus_per_worker,
+                         cpus_per_worker=self.cpus_per_worker, max_failures=self.max_failures)
+        return replace(spec, **changes)
 
 
 def sweep_settings(max_steps: int, evals: int, eval_samples: int) -> dict:
@@ -30,23 +64,7 @@ def sweep_settings(max_steps: int, evals: int, eval_samples: int) -> dict:
             "train.eval_samples": eval_samples, "train.keep_checkpoints": 1}
 
 
-def expected_steps(cfg, num_rows: int, workers: int) -> int:
-    """The step a trial ends at when ASHA lets it run (as the training loop computes it)."""
-    local = cfg.train.batch_size // workers
-    steps = int(cfg.train.epochs * (num_rows // workers // local))
-    return min(steps, cfg.train.max_steps) if cfg.train.max_steps else steps
-
-
-def worker_resources(args) -> tuple[float, float]:
-    """(GPUs, CPUs) per training worker, with build_trainer's defaults made explicit."""
-    import ray
-
-    cluster_gpus = ray.cluster_resources().get("GPU", 0)
-    gpus = args.gpus_per_worker if args.gpus_per_worker is not None else (1 if cluster_gpus >= args.workers else 0)
-    return gpus, args.cpus_per_worker or (0.5 if gpus == 0 else 4)
-
-
-def concurrency(args, gpus: float, cpus: float) -> int:
+def concurrency(args: TuneSpec, gpus: float, cpus: float) -> int:
     """Trials at once: as many as the cluster holds; one on a machine without GPUs, where concurrent
     CPU trials starve Ray Data's read tasks (see ECOSYSTEM.md)."""
     import ray
@@ -64,7 +82,7 @@ def concurrency(args, gpus: float, cpus: float) -> int:
     return max(1, min(int(total[k] // need[k]) for k in need if need[k] > 0))
 
 
-def check_args(args):
+def check_args(args: TuneSpec):
     for flag, value in (("--trials", args.trials), ("--max-steps", args.max_steps), ("--evals", args.evals),
                         ("--eval-samples", args.eval_samples), ("--workers", args.workers)):
         if value < 1:
@@ -77,11 +95,11 @@ def check_args(args):
         raise UserError(f"--grace {args.grace} must lie in [1, --max-steps {args.max_steps}]")
 
 
-def run_tune(args) -> int:
+def run_tune(args: TuneSpec) -> int:
     from pipelines.runtime import start_ray
 
+    space = load_space(args.space, args.config, args.set)  # first: a wrong --space is the problem to name
     check_args(args)
-    space = load_space(args.space, args.config)
     settings = sweep_settings(args.max_steps, args.evals, args.eval_samples)
     space.base = apply(space.base, settings)
     check(space, args.workers, args.seed)
@@ -89,40 +107,52 @@ def run_tune(args) -> int:
     if args.trials % grid:
         raise UserError(f"--trials {args.trials}: {space.path} has grid entries with {grid} combinations; "
                         f"give a multiple of {grid}")
-    cfg, manifest, num_rows = prepare(args, config_from_dict(space.base))
+    run = prepare(args.trial_spec(space.base))
     storage = storage_root(args.storage)
     sweep = args.name or f"tune-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     model_name = args.register or f"imf-{space.name}"
     client, tracking_uri = connect(args.tracking_uri)
     data = str(Path(args.data).resolve())
-    exp = experiment_id(client, args.experiment or f"imf/{manifest.get('dataset') or Path(data).name}", tracking_uri)
-    parent = client.create_run(exp, run_name=sweep, tags={"imf.tune.space": str(space.path), "imf.data": data,
-                                                         "imf.model": cfg.model.name}).info.run_id
-    grace = args.grace or settings["train.eval_every"]
-    log_params(client, parent, {
-        "space": str(space.path), "trials": args.trials, "max_steps": args.max_steps, "evals": args.evals,
-        "eval_samples": args.eval_samples, "metric": "quick_fd", "asha.grace": grace,
-        "asha.reduction_factor": args.reduction_factor, "workers": args.workers, "seed": args.seed,
-        "registered_model": model_name, **{f"space.{k}": v for k, v in space.entries.items()}})
+    model = run.cfg.model.name.replace("/", "-")
+    exp = experiment_id(client, args.experiment or f"imf/{run.dataset}/{model}", tracking_uri)
+    parent = open_parent(client, exp, sweep, space, args, settings, model_name, run, data)
     print(f"sweep {sweep}: {args.trials} trial(s) of {space.path.name} ({', '.join(space.entries)}), "
           f"{args.max_steps} steps each, quick_fd every {settings['train.eval_every']} steps; "
           f"MLflow parent run {parent}", flush=True)
 
     try:
         start_ray(args.address)
-        gpus, cpus = worker_resources(args)
+        gpus, cpus = worker_resources(args.trial_spec(space.base))
+        trial = asdict(args.trial_spec(None, gpus_per_worker=gpus, cpus_per_worker=cpus))
         setup = {"base": space.base, "sweep": sweep, "tracking_uri": tracking_uri, "experiment_id": exp,
-                 "parent_run_id": parent, "train_storage": _join(storage, sweep, "train"),
-                 "args": {"data": data, "workers": args.workers, "gpus_per_worker": gpus, "cpus_per_worker": cpus,
-                          "max_failures": args.max_failures, "debug_dir": None}}
+                 "parent_run_id": parent, "train_storage": _join(storage, sweep, "train"), "spec": trial}
+        grace = args.grace or settings["train.eval_every"]
         results = fit(space, setup, args, storage, sweep, grace, concurrency(args, gpus, cpus))
-        status = finish(client, tracking_uri, exp, parent, space, results, args, num_rows, model_name, manifest,
-                        storage)
+        status = finish(client, tracking_uri, exp, parent, space, results, args, run.num_rows, model_name,
+                        run.manifest, storage)
     except BaseException:
         client.set_terminated(parent, "FAILED")
         raise
     client.set_terminated(parent, "FINISHED" if status == 0 else "FAILED")
     return status
+
+
+def open_parent(client, exp, sweep, space, args: TuneSpec, settings, model_name, run, data) -> str:
+    """The sweep's parent run: its settings as params and the search space file itself as an artifact."""
+    grace = args.grace or settings["train.eval_every"]
+    note = (f"Ray Tune sweep of {space.path.name} over {', '.join(space.entries)}: {args.trials} trials of "
+            f"{run.cfg.model.name} on {run.dataset}, up to {args.max_steps} steps each, ASHA on quick_fd.")
+    parent = client.create_run(exp, run_name=sweep, tags={
+        "imf.tune.space": space.path.name, "imf.data": data, "imf.model": run.cfg.model.name,
+        "mlflow.note.content": note}).info.run_id
+    log_params(client, parent, {
+        "space": space.path.name, "trials": args.trials, "max_steps": args.max_steps, "evals": args.evals,
+        "eval_samples": args.eval_samples, "metric": "quick_fd", "asha.grace": grace,
+        "asha.reduction_factor": args.reduction_factor, "workers": args.workers, "seed": args.seed,
+        "overrides": list(args.set or []), "registered_model": model_name,
+        **{f"space.{k}": v for k, v in space.entries.items()}})
+    client.log_artifact(parent, str(space.path), "search_space")
+    return parent
 
 
 def _join(storage, *parts):
@@ -157,7 +187,7 @@ def finish(client, tracking_uri, exp, parent, space, results, args, num_rows, mo
     from .summary import close_child_runs, log_summary, trial_rows
 
     def steps_for(params):
-        return expected_steps(config_from_dict(apply(space.base, params)), num_rows, args.workers)
+        return total_steps(config_from_dict(apply(space.base, params)), num_rows, args.workers)[1]
 
     rows = trial_rows(results, steps_for)
     close_child_runs(client, exp, parent, rows)
@@ -211,8 +241,10 @@ def _local_checkpoint(path, storage):
 
 
 def register(steps):
+    from pipelines.cli import spec_from_args
+    from pipelines.train.driver import add_run_flags
+
     parser = steps.add_parser("tune", help="sweep guidance conditioning, time samplers, tangents with Ray Tune + ASHA")
-    parser.add_argument("--data", required=True, help="folder written by `imf encode`")
     parser.add_argument("--space", required=True, help="search space YAML (tune/spaces/NAME.yaml, or NAME)")
     parser.add_argument("--trials", type=int, required=True, help="number of trials (a multiple of the grid size)")
     parser.add_argument("--max-steps", type=int, required=True, help="training steps of a trial that is never stopped")
@@ -223,15 +255,12 @@ def register(steps):
     parser.add_argument("--reduction-factor", type=float, default=2.0, help="ASHA reduction factor")
     parser.add_argument("--max-concurrent", type=int, default=None,
                         help="trials at once (default: what the cluster holds; 1 without GPUs)")
-    parser.add_argument("--workers", type=int, default=1, help="training workers per trial")
-    parser.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs")
-    parser.add_argument("--cpus-per-worker", type=float, default=None)
-    parser.add_argument("--max-failures", type=int, default=0, help="worker-group restarts allowed per trial")
-    parser.add_argument("--storage", default="imf_runs", help="checkpoint storage path (local folder or URI)")
     parser.add_argument("--name", default=None, help="sweep name (default tune-<space>-<time>)")
-    parser.add_argument("--experiment", default=None, help="MLflow experiment (default imf/<dataset>)")
     parser.add_argument("--register", default=None, metavar="NAME",
                         help="registered model name for the best trial (default imf-<space>)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random search")
-    add_cluster_args(parser)
-    parser.set_defaults(func=run_tune)
+    add_run_flags(parser)
+    parser.set_defaults(func=lambda args: run_tune(spec_from_args(TuneSpec, args)))
+
+
+register.after = "pipelines.train.driver"  # listed after `imf train` in the help

@@ -1,13 +1,11 @@
 """One trial of a sweep, run by Ray Tune: a child MLflow run, then a TorchTrainer fitted to the end
 (or until ASHA stops the trial). Imported only inside Ray processes and by the sweep driver."""
 
-import argparse
-
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 
-from pipelines.config import config_from_dict
-from pipelines.train import build_trainer, log_params, prepare
+from pipelines.tracking import log_params
+from pipelines.train.driver import TrainSpec, build_trainer, prepare
 
 from .space import apply
 
@@ -30,19 +28,20 @@ def run_trial(config: dict, setup: dict):
     from ray.train import TrainingFailedError
 
     point = config["params"]
-    args = argparse.Namespace(**setup["args"])
-    cfg, manifest, num_rows = prepare(args, config_from_dict(apply(setup["base"], point)))
+    spec = TrainSpec(**{**setup["spec"], "raw": apply(setup["base"], point)})
+    run = prepare(spec)
     trial_id = tune.get_context().get_trial_id()
-    client = MlflowClient(setup["tracking_uri"])
+    client = MlflowClient(setup["tracking_uri"], registry_uri=setup["tracking_uri"])
+    swept = ", ".join(f"{k}={_short(v)}" for k, v in point.items())
     run_id = client.create_run(setup["experiment_id"], run_name=f"{setup['sweep']}-{trial_id}", tags={
         "mlflow.parentRunId": setup["parent_run_id"], TRIAL_TAG: trial_id, "imf.tune.sweep": setup["sweep"],
-        "imf.model": cfg.model.name}).info.run_id
-    log_params(client, run_id, {**cfg.flat(), "workers": args.workers, "data": args.data})
-    swept = ", ".join(f"{k}={_short(v)}" for k, v in point.items())
+        "imf.model": run.cfg.model.name,
+        "mlflow.note.content": f"Trial {trial_id} of sweep {setup['sweep']}: {swept}."}).info.run_id
+    log_params(client, run_id, {**run.cfg.flat(), "workers": spec.workers, "data": spec.data})
     print(f"trial {trial_id}: {swept}; MLflow run {run_id}", flush=True)
 
-    trainer = build_trainer(args, cfg, manifest, num_rows, trial_id, setup["train_storage"], setup["tracking_uri"],
-                            run_id, callbacks=[EvalReport()], checkpoint_score=(METRIC, "min"))
+    trainer = build_trainer(spec, run, trial_id, setup["train_storage"], setup["tracking_uri"], run_id,
+                            callbacks=[EvalReport()], checkpoint_score=(METRIC, "min"))
     try:
         trainer.fit()
     except TrainingFailedError:

@@ -240,3 +240,21 @@ def test_draws_move_between_dtypes():
     d = draw_step(4, (3,), DrawConfig(), torch.Generator().manual_seed(0))
     assert isinstance(d, StepDraws) and d.to(dtype=torch.float64).t.dtype == torch.float64
     assert d.to(dtype=torch.float64).drop.dtype == torch.bool
+
+
+@pytest.mark.parametrize("kind", ["reference", "fast"])
+def test_a_dropped_row_does_not_depend_on_the_label_it_dropped(micro_net, kind):
+    """A dropped row is conditioned on the null class and its target is e - x: its JVP tangent must be the null
+    class's velocity too, so the row's loss cannot depend on the original label (random dropout puts dropped rows
+    where r != t, which the positional layout never does)."""
+    from imf_core import FastIMFObjective, IMFObjective
+
+    x, y, d = make_batch(n=12, seed=5, row_selection="random", dropout_rows="random", class_dropout=0.5)
+    dropped_moving = d.drop & ~d.boundary
+    assert dropped_moving.any()
+    relabelled = torch.where(d.drop, (y + 3) % NUM_CLASSES, y)
+    assert not torch.equal(relabelled, y)
+    objective = (IMFObjective if kind == "reference" else FastIMFObjective)(NUM_CLASSES)
+    a, b = objective(micro_net, x, y, d), objective(micro_net, x, relabelled, d)
+    torch.testing.assert_close(a.loss, b.loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(a.mse_u, b.mse_u, rtol=1e-12, atol=0)

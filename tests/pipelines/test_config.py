@@ -34,7 +34,7 @@ def test_a_config_per_model_size(name, size, omega, interval):
     ({"optim": {"lr": -1e-4}}, "optim.lr = -0.0001 must be > 0"),
     ({"draws": {"omega_max": 0.5}}, "omega_max = 0.5 must be >= 1"),
     ({"draws": {"t_min_range": [-0.2, 0.5]}}, "t_min_range = (-0.2, 0.5)"),
-    ({"model": {"name": "Q/7"}}, "model.name 'Q/7' is unknown"),
+    ({"model": {"name": "Q/7"}}, "model.name = 'Q/7' is unknown"),
     ({"optim": {"learning_rate": 1}}, "optim: unknown key(s) learning_rate"),
     ({"draws": {"omega_maximum": 3}}, "draws: unknown key(s) omega_maximum"),
     ({"trian": {}}, "unknown section(s) trian"),

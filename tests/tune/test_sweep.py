@@ -37,7 +37,7 @@ def test_a_small_sweep_stops_a_bad_trial_early_and_registers_the_best(tmp_path, 
     for run in children:
         curves[run.info.run_id] = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "quick_fd")]
         assert run.data.params["optim.lr"] in ("0.003", "1e-06") and "draws.omega_max" in run.data.params
-        assert client.get_metric_history(run.info.run_id, "loss"), "workers log the loss curve to the child run"
+        assert client.get_metric_history(run.info.run_id, "mse_u"), "workers log the loss curves to the child run"
     outcome = {r.info.run_id: (r.data.tags["imf.tune.outcome"], r.info.status) for r in children}
     stopped = [rid for rid, (o, _) in outcome.items() if o == "stopped early"]
     completed = [rid for rid, (o, _) in outcome.items() if o == "completed"]

@@ -1,0 +1,285 @@
+"""`imf sample`: 1-NFE (or k-step) generation of large image sets with Ray Data.
+
+The index range 0..N-1 is cut into fixed shards; image i has label classes[i % len(classes)]
+(class-balanced, as the FID protocol wants) and noise from a generator seeded by (seed, i),
+so it is the same image whatever the number of actors. Actors (one GPU each when the cluster
+has GPUs) run generator + decoder and write each shard atomically as it finishes; a re-run
+into the same folder does only the missing shards. Then the parts become the output:
+    --format npz      samples.npz: arr_0 uint8 (N, H, W, 3) (the ADM evaluation suite's input), labels
+    --format png      images/{index:07d}.png
+    --format parquet  parts/*.parquet themselves (index, label, png)
+(for npz and png the parts hold raw pixels, so no PNG is encoded on the way to an .npz).
+"""
+
+import io
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from ..data.images import as_rgb_uint8
+from ..errors import UserError
+from ..storage import write_atomic, write_json
+
+PLAN = "sample_plan.json"
+PARTS = "parts"
+FORMATS = ("png", "npz", "parquet")
+
+
+@dataclass
+class SampleSpec:
+    """What `imf sample` is asked for (guidance None: the version's stored setting)."""
+    model: str
+    num: int
+    out: str
+    omega: float | None = None
+    t_min: float | None = None
+    t_max: float | None = None
+    steps: int | None = None
+    classes: str = "all"
+    format: str = "npz"
+    seed: int = 0
+    shard_size: int = 1000
+    batch_size: int = 64
+    actors: int | None = None
+    address: str | None = None
+    tracking_uri: str | None = None
+
+    def check(self):
+        """The request's own numbers, before anything is read or written."""
+        for name in ("num", "shard_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise UserError(f"--{name.replace('_', '-')} {getattr(self, name)} must be >= 1")
+        if self.actors is not None and self.actors < 1:
+            raise UserError(f"--actors {self.actors} must be >= 1")
+        if self.seed < 0:
+            raise UserError(f"--seed {self.seed} must be >= 0")
+        if self.format not in FORMATS:
+            raise UserError(f"--format {self.format!r}: choose one of {', '.join(FORMATS)}")
+
+
+def labels_for(indices, classes) -> np.ndarray:
+    return np.asarray(classes)[np.asarray(indices) % len(classes)]
+
+
+class ShardGenerator:
+    """A Ray Data actor: loads the model folder once, then generates, decodes and writes whole shards."""
+
+    def __init__(self, folder: str, plan: dict, batch_size: int):
+        from imf_core import load_generator
+
+        self.generator = load_generator(folder)
+        self.plan, self.batch_size = plan, batch_size
+
+    def __call__(self, batch):
+        shard = int(batch["shard"][0])
+        if os.environ.get("IMF_SAMPLE_SLOW_SECONDS") and shard > 0:
+            time.sleep(float(os.environ["IMF_SAMPLE_SLOW_SECONDS"]))  # tests: leave time to kill the job
+        count = generate_shard(self.generator, self.plan, shard, self.batch_size)
+        return {"shard": [shard], "count": [count]}
+
+
+def generate_images(generator, plan, indices, batch_size) -> np.ndarray:
+    """uint8 (n, H, W, 3) images for these indices of the plan."""
+    g = plan["guidance"]
+    images = generator.images(plan["seed"], indices, labels_for(indices, plan["classes"]), omega=g["omega"],
+                              t_min=g["t_min"], t_max=g["t_max"], steps=g["steps"], batch_size=batch_size)
+    return as_rgb_uint8(images)
+
+
+def generate_shard(generator, plan, shard, batch_size) -> int:
+    start = shard * plan["shard_size"]
+    indices = list(range(start, min(plan["num"], start + plan["shard_size"])))
+    images = generate_images(generator, plan, indices, batch_size)
+    columns = {"index": pa.array(indices, pa.int64()),
+               "label": pa.array(labels_for(indices, plan["classes"]), pa.int32())}
+    if plan["format"] == "parquet":  # the parts are the output: self-describing PNG files
+        columns["png"] = pa.array([_png(img) for img in images], pa.binary())
+    else:  # raw pixels: no PNG round trip on the way to an .npz
+        columns["pixels"] = pa.array([img.tobytes() for img in images], pa.binary(images[0].nbytes))
+    table = pa.table(columns).replace_schema_metadata({"image_shape": json.dumps(list(images.shape[1:]))})
+    write_atomic(part_path(plan["out"], shard), lambda tmp: pq.write_table(table, tmp))
+    return len(indices)
+
+
+def _png(image: np.ndarray) -> bytes:
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def part_path(out, shard: int) -> Path:
+    return Path(out) / PARTS / f"shard-{shard:05d}.parquet"
+
+
+def read_parts(out, num_shards):
+    """(indices, labels, uint8 images) of all parts, in index order."""
+    from PIL import Image
+
+    tables = [pq.read_table(part_path(out, s)) for s in range(num_shards)]
+    shape = json.loads(tables[0].schema.metadata[b"image_shape"])
+    table = pa.concat_tables(tables)
+    if "pixels" in table.column_names:
+        raw = b"".join(table.column("pixels").to_pylist())
+        images = np.frombuffer(raw, dtype=np.uint8).reshape(-1, *shape)
+    else:
+        images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("png").to_pylist()])
+    return table.column("index").to_numpy(), table.column("label").to_numpy(), images
+
+
+def finalize(plan: dict) -> Path:
+    out, num_shards = Path(plan["out"]), num_shards_of(plan)
+    if plan["format"] == "parquet":
+        return out / PARTS
+    indices, labels, images = read_parts(out, num_shards)
+    assert np.array_equal(indices, np.arange(plan["num"])), "parts do not cover 0..N-1 exactly once"
+    if plan["format"] == "npz":
+        path = out / "samples.npz"
+        write_atomic(path, lambda tmp: _savez(tmp, images, labels))
+        return path
+    folder = out / "images"
+    folder.mkdir(exist_ok=True)
+    from PIL import Image
+
+    for i, image in zip(indices, images):
+        target = folder / f"{i:07d}.png"
+        if not target.exists():
+            write_atomic(target, lambda tmp, image=image: Image.fromarray(image).save(tmp, format="PNG"))
+    return folder
+
+
+def _savez(tmp, images, labels):
+    with open(tmp, "wb") as f:
+        np.savez(f, arr_0=images, labels=labels)
+
+
+def num_shards_of(plan) -> int:
+    return -(-plan["num"] // plan["shard_size"])
+
+
+def parse_classes(text: str, num_classes: int) -> list[int]:
+    if text == "all":
+        return list(range(num_classes))
+    try:
+        classes = [int(c) for c in text.split(",")]
+    except ValueError:
+        raise UserError(f"--classes {text!r}: 'all' or comma-separated class indices") from None
+    bad = [c for c in classes if not 0 <= c < num_classes]
+    if bad:
+        raise UserError(f"--classes: {bad} outside 0..{num_classes - 1} (this model has {num_classes} classes)")
+    return classes
+
+
+def make_plan(spec: SampleSpec, config: dict, version) -> dict:
+    """The request as written to sample_plan.json: guidance resolved (flags, else the version's stored
+    setting, else the folder's), classes, shards."""
+    from ..models.registry import version_guidance
+
+    stored = {**config.get("guidance", {}), **(version_guidance(version) if version is not None else {})}
+    given = {"omega": spec.omega, "t_min": spec.t_min, "t_max": spec.t_max, "steps": spec.steps}
+    defaults = {"omega": 1.0, "t_min": 0.0, "t_max": 1.0, "steps": 1}
+    guidance = {k: v if v is not None else stored.get(k, defaults[k]) for k, v in given.items()}
+    guidance["steps"] = int(guidance["steps"])
+    if not (guidance["omega"] >= 1 and 0 <= guidance["t_min"] <= guidance["t_max"] <= 1 and guidance["steps"] >= 1):
+        raise UserError(f"guidance {guidance}: need omega >= 1, 0 <= t_min <= t_max <= 1, steps >= 1")
+    return {"model": spec.model, "model_name": getattr(version, "name", None),
+            "version": getattr(version, "version", None), "num": spec.num, "seed": spec.seed,
+            "classes": parse_classes(spec.classes, config["num_classes"]), "guidance": guidance,
+            "format": spec.format, "shard_size": spec.shard_size, "out": str(Path(spec.out).resolve())}
+
+
+def run_sample(spec: SampleSpec) -> dict:
+    """Generate (or finish generating) the request into spec.out; returns the written manifest."""
+    import shutil
+    import tempfile
+
+    from ..models.registry import model_folder
+
+    spec.check()
+    out = Path(spec.out)
+    with tempfile.TemporaryDirectory(prefix="imf_model_") as tmp:
+        folder, version = model_folder(spec.model, spec.tracking_uri, dst=tmp)
+        config = json.loads((folder / "config.json").read_text())
+        plan = make_plan(spec, config, version)
+        previous = out / PLAN
+        if previous.is_file():
+            old = json.loads(previous.read_text())
+            if {k: v for k, v in old.items() if k != "out"} != {k: v for k, v in plan.items() if k != "out"}:
+                raise UserError(f"{out} holds samples of another request ({_diff(old, plan)}): re-run with the "
+                                "same arguments to finish it, or pass a new --out")
+        if version is not None:  # the actors read the folder from the output, a path every node sees
+            local = out / "model_download"
+            shutil.rmtree(local, ignore_errors=True)
+            folder = Path(shutil.copytree(folder, local))
+    write_json(previous, plan)
+    total = num_shards_of(plan)
+    missing = [s for s in range(total) if not part_path(out, s).is_file()]
+    g = plan["guidance"]
+    print(f"imf sample: {plan['num']} images of {len(plan['classes'])} classes from {spec.model} "
+          f"(omega {g['omega']}, interval [{g['t_min']}, {g['t_max']}], {g['steps']} step(s)); "
+          f"{total - len(missing)} of {total} shards already done", flush=True)
+    if missing:
+        generate(plan, folder, missing, spec)
+    result = finalize(plan)
+    manifest = {**plan, "output": str(result), "model_folder": str(folder),
+                "tracking_uri": spec.tracking_uri if version is not None else None}
+    write_json(out / "manifest.json", manifest)
+    print(f"imf sample: {plan['num']} images -> {result}")
+    return manifest
+
+
+def generate(plan, folder, missing, spec: SampleSpec):
+    import ray
+
+    from ..runtime import start_ray
+
+    start_ray(spec.address)
+    gpus = int(ray.cluster_resources().get("GPU", 0))
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    size = max(1, min(len(missing), spec.actors or gpus or max(1, cpus // 2)))
+    per_actor = {"num_gpus": 1} if gpus else {"num_cpus": 1}
+    ds = ray.data.from_items([{"shard": s} for s in missing], override_num_blocks=len(missing))
+    ds = ds.map_batches(ShardGenerator, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size), **per_actor,
+                        fn_constructor_kwargs={"folder": str(folder.resolve()), "plan": plan,
+                                               "batch_size": spec.batch_size})
+    start, done, images, last = time.time(), 0, 0, 0.0
+    print(f"imf sample: {size} {'GPU' if gpus else 'CPU'} actor(s) for {len(missing)} shard(s)", flush=True)
+    for row in ds.iter_rows():
+        done, images = done + 1, images + int(row["count"])
+        now = time.time()
+        if now - last >= 5 or done == len(missing):
+            last = now
+            print(f"  shards {done}/{len(missing)}  images {images}  {images / max(now - start, 1e-9):.1f} images/s",
+                  flush=True)
+
+
+def _diff(old, new):
+    return ", ".join(f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if k != "out" and old.get(k) != new.get(k))
+
+
+def register(steps):
+    from ..cli import add_shared_flags, spec_from_args
+
+    parser = steps.add_parser("sample", help="generate images (1-NFE by default) from a registered model")
+    parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model folder")
+    parser.add_argument("--num", type=int, required=True, help="number of images")
+    parser.add_argument("--out", required=True, help="output folder; re-run into it to finish an interrupted job")
+    parser.add_argument("--omega", type=float, default=None, help="CFG scale (default: the version's best setting)")
+    parser.add_argument("--t-min", type=float, default=None)
+    parser.add_argument("--t-max", type=float, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="sampling steps (default 1)")
+    parser.add_argument("--classes", default="all", help="'all' or comma-separated class indices")
+    parser.add_argument("--format", choices=FORMATS, default="npz")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--shard-size", type=int, default=1000, help="images per written shard")
+    parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
+    parser.add_argument("--actors", type=int, default=None, help="default: one per GPU, else half the CPUs")
+    add_shared_flags(parser, address=True, tracking=lambda args: str(args.model).startswith("models:/"))
+    parser.set_defaults(func=lambda args: run_sample(spec_from_args(SampleSpec, args)))

@@ -1,0 +1,295 @@
+"""`imf train`: distributed iMF training on Ray Train, tracked in MLflow.
+
+The driver validates everything first (config and overrides, data folder, worker count, tracking
+store, cluster), creates the MLflow run, then fits a TorchTrainer whose workers run
+`worker.train_loop_per_worker`. A latent set whose share per worker fits in
+`train.data_in_memory_gb` is read by each worker once (no Ray Data dataset at all); a larger one
+is streamed through `get_dataset_shard`.
+"""
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..config import TrainConfig, apply_overrides, check_workers, config_from_dict, load_config
+from ..data.shards import latent_dataset, read_manifest
+from ..errors import UserError
+from ..tracking import TolerantLogger, connect, experiment_id, log_params
+from .batches import share_bytes
+from .schedule import total_steps
+
+RUN_FILE = "imf_run.json"
+
+
+@dataclass
+class TrainSpec:
+    """What `imf train` (and each Tune trial) is asked to run."""
+    data: str
+    config: str | None = None  # a YAML path; tune passes `raw` instead
+    raw: dict | None = None
+    set: list = field(default_factory=list)  # SECTION.KEY=VALUE overrides
+    model: str | None = None
+    max_steps: int | None = None
+    workers: int = 1
+    gpus_per_worker: float | None = None
+    cpus_per_worker: float | None = None
+    storage: str = "imf_runs"
+    name: str | None = None
+    experiment: str | None = None
+    max_failures: int = 0
+    resume: str | None = None
+    register: str | None = None
+    address: str | None = None
+    tracking_uri: str | None = None
+    debug_dir: str | None = None
+
+    def overrides(self) -> list[str]:
+        """--set, with --model and --max-steps as the assignments they stand for."""
+        extra = [f"model.name={self.model}"] if self.model else []
+        return list(self.set or []) + extra + ([f"train.max_steps={self.max_steps}"] if self.max_steps else [])
+
+    def training_config(self) -> TrainConfig:
+        if self.raw is not None:
+            return config_from_dict(apply_overrides(self.raw, self.overrides()))
+        if not self.config:
+            raise UserError("give --config CONFIG.yaml (pipelines/configs/ holds one per model size)")
+        return load_config(self.config, self.overrides())
+
+
+@dataclass
+class Prepared:
+    cfg: TrainConfig
+    manifest: dict
+    num_rows: int
+
+    @property
+    def dataset(self) -> str:
+        return self.manifest.get("dataset") or Path(self.manifest.get("images", "latents")).name
+
+
+def prepare(spec: TrainSpec) -> Prepared:
+    """Everything that can be checked before any cluster work."""
+    if spec.max_failures < 0:
+        raise UserError(f"--max-failures {spec.max_failures} must be >= 0")
+    cfg = spec.training_config()
+    check_workers(cfg, spec.workers)
+    data = Path(spec.data)
+    if not data.is_dir():
+        raise UserError(f"data folder {data} not found: run `imf encode --images DIR --out {data}` first")
+    manifest = read_manifest(data)
+    if cfg.train.flip and not manifest.get("flip"):
+        raise UserError(f"train.flip is set but {data} holds no mirrored moments: re-encode with --flip "
+                        "or set train.flip: false")
+    num_rows = int(manifest["counts"]["encoded"])
+    per_worker = cfg.train.batch_size // spec.workers
+    if num_rows // spec.workers < per_worker:
+        raise UserError(f"{data} holds {num_rows} images: fewer than one batch of {per_worker} per worker "
+                        f"for {spec.workers} workers; lower train.batch_size or --workers")
+    return Prepared(cfg, manifest, num_rows)
+
+
+def resolve_resume(resume: str | None, storage, name: str | None):
+    """--resume RUN_NAME (a run under --storage) or a checkpoint folder. Returns (run name, checkpoint path)."""
+    if not resume:
+        return name, None
+    path = Path(resume)
+    if path.is_dir() and (path / "progress.json").is_file():
+        return name, str(path.resolve())
+    if not isinstance(storage, Path) or (storage / resume).is_dir():
+        return resume, None
+    raise UserError(f"--resume {resume!r} is neither a run under {storage} nor a checkpoint folder "
+                    "(one holding progress.json)")
+
+
+def storage_root(storage: str):
+    """A local folder (made absolute, as Ray needs) or a URI such as s3://bucket/runs, kept as is."""
+    return storage if "://" in storage else Path(storage).resolve()
+
+
+def run_status_actor():
+    """A small actor through which rank 0 tells the driver that the loss went non-finite (Result.metrics
+    only carries the metrics of the latest checkpoint, and that checkpoint must stay the last good one)."""
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class RunStatus:
+        def __init__(self):
+            self.nonfinite_step = None
+
+        def set_nonfinite(self, step):
+            self.nonfinite_step = step
+
+        def nonfinite(self):
+            return self.nonfinite_step
+
+    return RunStatus.remote()
+
+
+def worker_resources(spec: TrainSpec) -> tuple[float, float]:
+    """(GPUs, CPUs) per training worker: one GPU each when the cluster has enough, else half a CPU each."""
+    import ray
+
+    gpus = spec.gpus_per_worker if spec.gpus_per_worker is not None else (
+        1 if ray.cluster_resources().get("GPU", 0) >= spec.workers else 0)
+    return gpus, spec.cpus_per_worker or (0.5 if gpus == 0 else 4)
+
+
+def build_trainer(spec: TrainSpec, run: Prepared, run_name, storage, tracking_uri, run_id, resume_path=None,
+                  callbacks=None, status=None, checkpoint_score=None):
+    """checkpoint_score: (metric, "min"|"max") to keep the best checkpoints rather than the latest."""
+    from ray.data import DataContext
+    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from .worker import train_loop_per_worker
+
+    data_context = DataContext.get_current()
+    data_context.execution_options.preserve_order = True  # a fixed data order per rank, for exact resumes
+    data_context.enable_progress_bars = False  # the workers print their own progress lines
+    data_context.print_on_execution_start = False  # and Ray Data would announce every epoch's read
+    gpus, cpus = worker_resources(spec)
+    cfg = run.cfg
+    in_memory = share_bytes(run.manifest, spec.workers) <= cfg.train.data_in_memory_gb * 2**30
+    payload = {"config": cfg.to_dict(), "manifest": run.manifest, "num_rows": run.num_rows, "in_memory": in_memory,
+               "tracking_uri": tracking_uri, "run_id": run_id, "resume_path": resume_path, "debug_dir": spec.debug_dir,
+               "status": status, "data": str(Path(spec.data).resolve()), "reference": None}
+    if cfg.train.eval_samples:
+        from .monitors import reference_images
+
+        payload["reference"] = reference_images(spec.data, run.manifest, cfg.train.eval_samples)
+    score = {"checkpoint_score_attribute": checkpoint_score[0], "checkpoint_score_order": checkpoint_score[1]} \
+        if checkpoint_score else {}
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=payload,
+        scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=gpus > 0,
+                                     resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
+        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        datasets={} if in_memory else {"train": latent_dataset(spec.data)},
+        run_config=RunConfig(
+            name=run_name, storage_path=str(storage), callbacks=callbacks,
+            # Train's own INFO lines (one per checkpoint saved) would sit between our progress lines.
+            logging_config=LoggingConfig(log_level="WARNING"),
+            failure_config=FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=cfg.train.keep_checkpoints, **score),
+        ),
+    )
+
+
+def describe_run(spec: TrainSpec, run: Prepared) -> str:
+    """One sentence for the MLflow run page (mlflow.note.content)."""
+    t = run.cfg.train
+    per_epoch, steps = total_steps(run.cfg, run.num_rows, spec.workers)
+    return (f"{run.cfg.objective.kind.upper()} training of {run.cfg.model.name} on {run.dataset} "
+            f"({run.num_rows} latents from {Path(spec.data).resolve()}): {steps} steps of {t.batch_size} images "
+            f"({steps / max(per_epoch, 1):.3g} epochs) on {spec.workers} worker(s), lr {run.cfg.optim.lr:g}"
+            + (f"; overrides: {', '.join(spec.overrides())}" if spec.overrides() else "") + ".")
+
+
+def open_run(spec: TrainSpec, run: Prepared, run_name: str, storage, client, tracking_uri) -> str:
+    """The run's MLflow run id: the one a resumed run already has, or a new run with the config as params."""
+    run_file = (storage if isinstance(storage, Path) else Path("imf_runs").resolve()) / run_name / RUN_FILE
+    if run_file.is_file():
+        run_id = json.loads(run_file.read_text())["mlflow_run_id"]
+        client.update_run(run_id, status="RUNNING")
+        return run_id
+    model = run.cfg.model.name.replace("/", "-")
+    exp = experiment_id(client, spec.experiment or f"imf/{run.dataset}/{model}", tracking_uri)
+    data = str(Path(spec.data).resolve())
+    run_id = client.create_run(exp, run_name=run_name, tags={
+        "imf.model": run.cfg.model.name, "imf.data": data, "mlflow.note.content": describe_run(spec, run),
+        "imf.overrides": json.dumps(spec.overrides())}).info.run_id
+    log_params(client, run_id, {**run.cfg.flat(), "workers": spec.workers, "data": data,
+                                "overrides": spec.overrides()})
+    run_file.parent.mkdir(parents=True, exist_ok=True)
+    run_file.write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": tracking_uri}))
+    return run_id
+
+
+def run_train(spec: TrainSpec) -> int:
+    from ray.train import TrainingFailedError
+
+    from ..runtime import start_ray
+
+    run = prepare(spec)
+    storage = storage_root(spec.storage)
+    run_name, resume_path = resolve_resume(spec.resume, storage, spec.name)
+    run_name = run_name or f"imf-{run.cfg.model.name.replace('/', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
+    client, tracking_uri = connect(spec.tracking_uri)
+    ray = start_ray(spec.address)
+    run_id = open_run(spec, run, run_name, storage, client, tracking_uri)
+    status = run_status_actor()
+    trainer = build_trainer(spec, run, run_name, storage, tracking_uri, run_id, resume_path, status=status)
+    tracker = TolerantLogger(tracking_uri, run_id)  # the server may have gone during the run
+    try:
+        result = trainer.fit()
+    except TrainingFailedError as err:
+        tracker.terminate("FAILED")
+        raise UserError(f"training failed after the allowed {spec.max_failures} restart(s): {err}") from err
+    code = finish(tracker, result, tracking_uri, run_name, storage, ray.get(status.nonfinite.remote()))
+    if code == 0 and spec.register and result.checkpoint is not None:
+        register_result(spec, run, result, tracking_uri, run_id)
+    return code
+
+
+def register_result(spec: TrainSpec, run: Prepared, result, tracking_uri, run_id):
+    from ..models.registry import register_checkpoint
+
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    with result.checkpoint.as_directory() as directory:
+        version = register_checkpoint(directory, spec.register, tracking_uri, run.manifest, run_id=run_id,
+                                      metrics=metrics, config=run.cfg.to_dict())
+    print(f"registered models:/{version.name}/{version.version} (aliases: {', '.join(version.aliases)})")
+
+
+def finish(tracker, result, tracking_uri, run_name, storage, nonfinite=None) -> int:
+    checkpoints = [c.path for c, _ in (result.best_checkpoints or [])]
+    for i, path in enumerate(checkpoints):
+        tracker.tag(f"checkpoint.{i}", path)
+    latest = result.checkpoint.path if result.checkpoint else None
+    if latest:
+        tracker.tag("checkpoint.latest", latest)
+    if nonfinite is not None:
+        tracker.terminate("FAILED")
+        print(f"imf train: the loss became NaN/Inf at step {nonfinite}; last good checkpoint: {latest or 'none'}. "
+              "Lower optim.lr, add optim.grad_clip, or check the data.")
+        return 3
+    tracker.terminate("FINISHED")
+    print(f"run {run_name}: {storage}/{run_name}\nlatest checkpoint: {latest}\nMLflow run {tracker.run_id} in {tracking_uri}")
+    if tracking_uri.startswith("sqlite:"):
+        print(f"open the MLflow UI with:  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1")
+    return 0
+
+
+def add_run_flags(parser):
+    """Flags `imf train` and `imf tune` share: data, workers and their resources, config overrides."""
+    from ..cli import add_shared_flags
+
+    parser.add_argument("--data", required=True, help="folder written by `imf encode`")
+    parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                        help="override one config value (read as YAML), e.g. --set optim.lr=3e-4; repeatable")
+    parser.add_argument("--workers", type=int, default=1, help="training workers (per trial, for tune)")
+    parser.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs")
+    parser.add_argument("--cpus-per-worker", type=float, default=None)
+    parser.add_argument("--max-failures", type=int, default=0, help="worker-group restarts allowed")
+    parser.add_argument("--experiment", default=None, help="MLflow experiment (default imf/<dataset>/<model>)")
+    add_shared_flags(parser, address=True, tracking=True, storage="imf_runs")
+
+
+def register(steps):
+    import argparse
+
+    from ..cli import spec_from_args
+
+    parser = steps.add_parser("train", help="train on latent shards with Ray Train, tracked in MLflow")
+    parser.add_argument("--config", required=True, help="YAML config (pipelines/configs/*.yaml)")
+    parser.add_argument("--model", default=None, help="override model.name, e.g. B/2")
+    parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
+    parser.add_argument("--name", default=None, help="run name (default imf-<model>-<time>)")
+    parser.add_argument("--resume", default=None, help="run name under --storage, or a checkpoint folder")
+    parser.add_argument("--register", default=None, metavar="NAME",
+                        help="register the final EMA weights in the MLflow model registry under NAME")
+    add_run_flags(parser)
+    parser.add_argument("--debug-dir", default=None, help=argparse.SUPPRESS)
+    parser.set_defaults(func=lambda args: run_train(spec_from_args(TrainSpec, args)))

@@ -1,0 +1,168 @@
+"""Distributed training on Ray Train (2 CPU workers, gloo), tracked in a local MLflow store."""
+
+import json
+import re
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from imf_core import draw_step, step_generator
+from imf_core.draws import StepDraws
+from pipelines import cli
+from pipelines.config import load_config
+from pipelines.data.shards import read_manifest, shard_files, to_training_batch
+from pipelines.train.state import TrainState
+from tests.pipelines.train_helpers import batch_log, encoded_digits, train, write_config
+
+pytestmark = pytest.mark.timeout(600)
+
+
+@pytest.fixture(scope="module")
+def latents(tmp_path_factory, ray_session):
+    return encoded_digits(tmp_path_factory.mktemp("digits"))
+
+
+def rows_by_index(latents):
+    table = pq.ParquetDataset(shard_files(latents)).read()
+    index = table.column("index").to_pylist()
+    return {i: n for n, i in enumerate(index)}, table
+
+
+def reference_params(latents, config_path, debug, steps, workers=2):
+    """One process stepping on the concatenation of the workers' batches with their draws."""
+    cfg = load_config(config_path)
+    manifest = read_manifest(latents)
+    shape = tuple(manifest["latent_shape"])
+    state = TrainState(cfg, shape, manifest["num_classes"], "cpu", with_ema=False)
+    position, table = rows_by_index(latents)
+    logs = [{e["step"]: e["index"] for e in batch_log(debug, r)} for r in range(workers)]
+    local = cfg.train.batch_size // workers
+    for step in range(steps):
+        xs, ys, draws = [], [], []
+        for rank in range(workers):
+            rows = [position[i] for i in logs[rank][step]]
+            sub = table.take(rows)
+            batch = {"index": torch.tensor(sub.column("index").to_pylist()),
+                     "label": torch.tensor(sub.column("label").to_pylist()),
+                     "moments": torch.tensor(sub.column("moments").to_pylist(), dtype=torch.float32)}
+            x, y = to_training_batch(batch, step_generator(cfg.train.seed, step, rank, stream=1), shape, False)
+            xs.append(x), ys.append(y)
+            draws.append(draw_step(local, shape, state.draw_cfg, step_generator(cfg.train.seed, step, rank)))
+        joined = StepDraws(**{f: torch.cat([getattr(d, f) for d in draws]) for f in vars(draws[0])})
+        state.step(torch.cat(xs), torch.cat(ys), joined, cfg.optim.lr)
+    return state.model.state_dict()
+
+
+def test_two_workers_stay_in_sync_and_equal_one_worker_on_the_joined_batch(latents, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    config = write_config(tmp_path / "c.yaml", max_steps=3, checkpoint_every=3)
+    debug = tmp_path / "debug"
+    assert train(latents, config, tmp_path / "runs", "sync", debug=debug) == 0
+
+    p0 = load_file(str(debug / "params_rank0.safetensors"))
+    p1 = load_file(str(debug / "params_rank1.safetensors"))
+    assert all(torch.equal(p0[k], p1[k]) for k in p0)
+    rows = [set(i for e in batch_log(debug, r) for i in e["index"]) for r in (0, 1)]
+    assert not rows[0] & rows[1]  # each worker reads its own shard of the data
+
+    expected = reference_params(latents, config, debug, steps=3)
+    moved = 0.0
+    start = TrainState(load_config(config), (3, 8, 8), 4, "cpu", with_ema=False).model.state_dict()
+    for k, v in expected.items():
+        torch.testing.assert_close(p0[k], v, rtol=1e-5, atol=1e-6)
+        moved = max(moved, float((v - start[k]).abs().max()))
+    assert moved > 1e-4  # the comparison is between trained weights, not the initial ones
+
+    # MLflow, from rank 0: config as params, loss parts and throughput as metrics, grids, checkpoints.
+    run_id = json.loads((tmp_path / "runs" / "sync" / "imf_run.json").read_text())["mlflow_run_id"]
+    client = MlflowClient(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.params["optim.lr"] == "0.001" and run.data.params["draws.omega_max"] == "8.0"
+    for metric in ("mse_u", "mse_v", "weighted_loss", "weighted_loss_u", "weighted_loss_v", "grad_norm", "lr",
+                   "img_per_s", "sec_per_kimg", "peak_mem_gb"):
+        assert metric in run.data.metrics, metric
+    assert [m.step for m in client.get_metric_history(run_id, "mse_u")] == [1, 2, 3]
+    grids = [a.path for a in client.list_artifacts(run_id, "samples/step_0000003")]
+    assert grids == ["samples/step_0000003/omega_1.png", "samples/step_0000003/omega_2.png"]
+    assert Path(run.data.tags["checkpoint.latest"], "model", "model.safetensors").is_file()
+
+
+@pytest.mark.parametrize("in_memory_gb", [4.0, 0.0], ids=["in-memory", "streamed"])
+def test_resumed_run_ends_identical_to_an_uninterrupted_one(latents, tmp_path, in_memory_gb):
+    # 64 images, 8 per worker: 4 steps per epoch, so step 3 is mid-epoch and step 6 is in epoch 1.
+    full = write_config(tmp_path / "full.yaml", max_steps=6, checkpoint_every=3, data_in_memory_gb=in_memory_gb)
+    first = write_config(tmp_path / "first.yaml", max_steps=3, checkpoint_every=3, data_in_memory_gb=in_memory_gb)
+    runs = tmp_path / "runs"
+    assert train(latents, full, runs, "whole", debug=tmp_path / "d_whole") == 0
+    assert train(latents, first, runs, "parts", debug=tmp_path / "d_parts") == 0
+    assert train(latents, full, runs, "parts", debug=tmp_path / "d_parts",
+                 extra=["--resume", "parts"]) == 0
+    whole = load_file(str(tmp_path / "d_whole" / "params_rank0.safetensors"))
+    parts = load_file(str(tmp_path / "d_parts" / "params_rank0.safetensors"))
+    assert all(torch.equal(whole[k], parts[k]) for k in whole)
+    steps = [e["step"] for e in batch_log(tmp_path / "d_parts", 0)]
+    assert steps == [0, 1, 2, 3, 4, 5]  # the resumed run started at step 3, not from scratch
+    assert batch_log(tmp_path / "d_parts", 0) == batch_log(tmp_path / "d_whole", 0)
+    epochs = [set(sum((e["index"] for e in batch_log(tmp_path / "d_whole", r)[:4]), [])) for r in (0, 1)]
+    assert len(epochs[0]) == len(epochs[1]) == 32 and not epochs[0] & epochs[1]  # an epoch: disjoint shares
+
+
+def test_a_killed_worker_is_restarted_from_the_latest_checkpoint(latents, tmp_path):
+    config = write_config(tmp_path / "c.yaml", max_steps=8, checkpoint_every=2)
+    debug = tmp_path / "debug"
+    killed = {}
+
+    def kill_rank1_midway():
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            if any(e["step"] >= 3 for e in batch_log(debug, 1)):
+                killed["pid"] = int((debug / "pid_rank1").read_text())
+                os.kill(killed["pid"], signal.SIGKILL)
+                return
+            time.sleep(0.2)
+
+    watcher = threading.Thread(target=kill_rank1_midway, daemon=True)
+    watcher.start()
+    assert train(latents, config, tmp_path / "runs", "ft", debug=debug, extra=["--max-failures", "1"]) == 0
+    watcher.join(timeout=5)
+    assert "pid" in killed, "the worker was never killed"
+    assert int((debug / "pid_rank1").read_text()) != killed["pid"]  # a new worker process finished the run
+    steps = [e["step"] for e in batch_log(debug, 0)]
+    assert steps[-1] == 7 and steps.count(2) == 2  # steps 2.. replayed from the step-2 checkpoint
+
+
+def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(latents, tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", max_steps=20, checkpoint_every=1)
+    text = config.read_text().replace("lr: 0.001", "lr: 1.0e+30")
+    config.write_text(text)
+    status = train(latents, config, tmp_path / "runs", "nan", workers=1)
+    out = capsys.readouterr().out
+    assert status == 3
+    found = re.search(r"NaN/Inf at step (\d+); last good checkpoint: (\S+)\. ", out)
+    assert found, out
+    step, latest = int(found.group(1)), found.group(2)
+    progress = json.loads(Path(latest, "progress.json").read_text())
+    assert progress["step"] == step  # the checkpoint before the bad step, written intact
+    weights = load_file(str(Path(latest, "model", "model.safetensors")))
+    assert all(torch.isfinite(v).all() for v in weights.values())
+
+
+def test_bad_inputs_are_refused_before_any_worker_starts(tmp_path, capsys):
+    config = write_config(tmp_path / "c.yaml", batch_size=10)
+    assert cli.main(["train", "--data", str(tmp_path / "none"), "--config", str(config)]) == 2
+    assert "data folder" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert cli.main(["train", "--data", str(empty), "--config", str(config), "--workers", "3"]) == 2
+    assert "not divisible by --workers 3" in capsys.readouterr().err
+    assert cli.main(["train", "--data", str(empty), "--config", str(config), "--model", "Z/9"]) == 2
+    assert "unknown" in capsys.readouterr().err
