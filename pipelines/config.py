@@ -283,11 +283,25 @@ def apply_overrides(raw: dict, assignments) -> dict:
     return raw
 
 
+CONFIGS = Path(__file__).resolve().parent / "configs"
+
+
+def config_path(name) -> Path:
+    """A YAML path, or the name of a shipped config (`demo`, `imf_b2`, ... in pipelines/configs/)."""
+    path = Path(name)
+    shipped = CONFIGS / f"{path.stem}.yaml"
+    if path.is_file():
+        return path
+    if path.parent == Path(".") and shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
+    raise UserError(f"config file {path} not found: give a YAML path or a shipped config ({names})")
+
+
 def load_config(path, overrides=()) -> TrainConfig:
-    """The YAML file at `path` with `--set` overrides applied, validated; UserError naming every problem."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"config file {path} not found (see pipelines/configs/ for one per model size)")
+    """The YAML file at `path` (or a shipped config's name) with `--set` overrides applied, validated; a
+    UserError naming every problem."""
+    path = config_path(path)
     try:
         raw = read_yaml(path.read_text())
     except yaml.YAMLError as err:

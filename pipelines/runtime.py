@@ -25,9 +25,14 @@ NOISY_WITHOUT_DASHBOARD = {"ray.train.v2._internal.execution.controller.placemen
 
 
 def quiet_dashboardless_worker():
-    """worker_process_setup_hook of local instances: see NOISY_WITHOUT_DASHBOARD."""
+    """worker_process_setup_hook of local instances: see NOISY_WITHOUT_DASHBOARD. Also names this instance in
+    RAY_ADDRESS: where several Ray instances run on one machine, Ray's own helpers in the workers (Train's
+    watchdog asks the State API with no address) would otherwise fail on "found multiple active Ray instances"."""
+    import ray
+
     for name, level in NOISY_WITHOUT_DASHBOARD.items():
         logging.getLogger(name).setLevel(level)
+    os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_bytes: int = 1 << 30):
@@ -57,11 +62,15 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
                 f"cannot reach the Ray cluster at {address!r} ({err}). Start one with `ray start --head` "
                 "(then use --address auto), check the ray:// port (10001), or drop --address for a local instance."
             ) from err
+    quiet_ray_data()
     return ray
 
 
-def is_local_cluster() -> bool:
-    """True when no GPU is in the cluster (laptop-sized settings apply)."""
-    import ray
+def quiet_ray_data():
+    """The steps print their own progress lines (done/total, rate, ETA): Ray Data's bars and its
+    periodic progress log (every 10 s where stdout is not a terminal) and per-run plan would bury them."""
+    from ray.data import DataContext
 
-    return ray.cluster_resources().get("GPU", 0) == 0
+    context = DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False

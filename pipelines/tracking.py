@@ -119,6 +119,10 @@ class TolerantLogger:
         batch = [Metric(k, float(v), now, step) for k, v in values.items()]
         self._guard("log metrics", self.client.log_batch, self.run_id, metrics=batch)
 
+    def table(self, rows: list[dict], artifact_file: str):
+        columns = {k: [r.get(k) for r in rows] for k in rows[0]} if rows else {}
+        self._guard("log table", self.client.log_table, self.run_id, data=columns, artifact_file=artifact_file)
+
     def artifact(self, path, artifact_path=None):
         self._guard("log artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
 

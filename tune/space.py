@@ -22,10 +22,9 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.config import SECTIONS, apply_overrides, check_workers, config_from_dict, read_yaml
+from pipelines.config import CONFIGS, SECTIONS, apply_overrides, config_path, check_workers, config_from_dict, read_yaml
 from pipelines.errors import UserError
 
-CONFIGS = Path(__file__).resolve().parents[1] / "pipelines" / "configs"
 SPACES = Path(__file__).resolve().parent / "spaces"
 TOP_KEYS = ("description", "base", "overrides", "space")
 RANGE_KINDS = ("uniform", "loguniform", "randint")
@@ -153,10 +152,8 @@ def load_space(name, config=None, overrides=()) -> Space:
     raw_overrides = raw.get("overrides") or {}
     if not isinstance(raw_overrides, dict):
         raise UserError(f"search space {path}: `overrides:` must be a mapping of config sections")
-    if config and not Path(config).is_file():
-        raise UserError(f"--config {config} not found (a train config YAML, e.g. pipelines/configs/demo.yaml)")
     if config:
-        base = _read_yaml(Path(config), "config file") or {}
+        base = _read_yaml(config_path(config), "config file") or {}
     else:
         base = _base_config(raw.get("base"), path)
     base = apply_overrides(merge(base, raw_overrides), overrides)

@@ -25,6 +25,7 @@ import torch
 from imf_core.codecs import CODECS, codec_from_description, make_codec
 
 from ..errors import UserError
+from ..progress import Progress
 from ..storage import write_json
 from .images import CROP, DATASET_MARKER, decode_shard_row, list_image_tree
 from .shards import MANIFEST, PLAN, SHARD_DIR, moments_array, shard_metadata, shard_path, shard_table, write_shard
@@ -252,15 +253,13 @@ def run_encode(plan: Plan, address=None, actors: int | None = None, batch_size: 
         ds = encode_dataset(plan, missing, size, per_actor, batch_size, dtype)
         device = "GPU" if per_actor.get("num_gpus") else "CPU"
         say(f"imf encode: {size} {device} codec actor(s), decoding on the cluster's CPUs")
-        done, last = 0, 0.0
+        todo = sum(min(plan.shard_size, len(plan.files) - k * plan.shard_size) for k in missing)
+        progress, done = Progress("encode", todo, "images", every_s=5), 0
         for row in ds.iter_rows():
             done, encoded, rejected = done + 1, encoded + int(row["encoded"]), rejected + int(row["rejected"])
-            now = time.time()
-            first = first or (now - start, encoded)
-            if now - last >= 5 or done == len(missing):
-                last = now
-                say(f"  shards {done}/{len(missing)}  images {encoded}  rejected {rejected}  "
-                    f"{encoded / max(now - start, 1e-9):.1f} images/s")
+            first = first or (time.time() - start, encoded)
+            progress.update(encoded + rejected, f"shards {done}/{len(missing)}  rejected {rejected}",
+                            force=done == len(missing))
     seconds = time.time() - start
     manifest = write_manifest(plan)
     counts = manifest["counts"]

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from ..progress import Progress
 
 
 def parse_omegas(text: str) -> list[float]:
@@ -102,7 +103,7 @@ def score_settings(generator, reference, spec: SweepSpec, omegas, intervals, ext
 
     indices = np.arange(spec.num)
     labels = indices % generator.num_classes
-    rows = []
+    rows, progress = [], Progress("sweep", len(omegas) * len(intervals), "settings", every_s=0)
     for lo, hi in intervals:
         for omega in omegas:
             images = generator.images(spec.seed, indices, labels, omega=omega, t_min=lo, t_max=hi, steps=spec.steps,
@@ -110,8 +111,8 @@ def score_settings(generator, reference, spec: SweepSpec, omegas, intervals, ext
             result = evaluate_images(as_rgb_uint8(images), labels, reference=reference, metrics=spec.metrics,
                                      extractor=extractor)
             rows.append({"omega": omega, "t_min": lo, "t_max": hi, "steps": spec.steps, **result})
-            print(f"  omega {omega:5.2f}  interval [{lo:.2f}, {hi:.2f}]  " +
-                  "  ".join(f"{k} {v:.4f}" for k, v in result.items()), flush=True)
+            progress.update(len(rows), f"omega {omega:g}, interval [{lo:g}, {hi:g}]: " +
+                            "  ".join(f"{k} {v:.4f}" for k, v in result.items()))
     return rows
 
 

@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 
 from ..data.images import as_rgb_uint8
 from ..errors import UserError
+from ..progress import Progress
 from ..storage import write_atomic, write_json
 
 PLAN = "sample_plan.json"
@@ -249,15 +250,12 @@ def generate(plan, folder, missing, spec: SampleSpec):
     ds = ds.map_batches(ShardGenerator, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size), **per_actor,
                         fn_constructor_kwargs={"folder": str(folder.resolve()), "plan": plan,
                                                "batch_size": spec.batch_size})
-    start, done, images, last = time.time(), 0, 0, 0.0
+    todo = sum(min(plan["shard_size"], plan["num"] - s * plan["shard_size"]) for s in missing)
     print(f"imf sample: {size} {'GPU' if gpus else 'CPU'} actor(s) for {len(missing)} shard(s)", flush=True)
+    progress, done, images = Progress("sample", todo, "images", every_s=5), 0, 0
     for row in ds.iter_rows():
         done, images = done + 1, images + int(row["count"])
-        now = time.time()
-        if now - last >= 5 or done == len(missing):
-            last = now
-            print(f"  shards {done}/{len(missing)}  images {images}  {images / max(now - start, 1e-9):.1f} images/s",
-                  flush=True)
+        progress.update(images, f"shards {done}/{len(missing)}", force=done == len(missing))
 
 
 def _diff(old, new):

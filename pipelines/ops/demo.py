@@ -16,7 +16,6 @@ from pathlib import Path
 import numpy as np
 import torch
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 MODEL_NAME = "imf-digits-demo"
 FD, PRECISION, RECALL = "fd_pixels_digits_test", "precision_k3_pixels_digits_test", "recall_k3_pixels_digits_test"
 
@@ -115,7 +114,7 @@ def run_pipeline_demo(out: Path, workers: int = 2, max_steps: int | None = None)
     name = time.strftime("demo-%Y%m%d-%H%M%S")
     overrides = ["--max-steps", str(max_steps)] if max_steps else []
     step(f"train iMF on {workers} CPU workers (Ray Train), register the EMA weights", [
-        "train", "--data", str(latents), "--config", str(CONFIGS / "demo.yaml"), "--workers", str(workers),
+        "train", "--data", str(latents), "--config", "demo", "--workers", str(workers),
         "--storage", str(runs), "--name", name, "--tracking-uri", tracking, "--register", MODEL_NAME, *overrides])
     model = f"models:/{MODEL_NAME}@champion"
     step("score guidance settings against the held-out digits; store the best on the version", [

@@ -144,10 +144,7 @@ def build_trainer(spec: TrainSpec, run: Prepared, run_name, storage, tracking_ur
 
     from .worker import train_loop_per_worker
 
-    data_context = DataContext.get_current()
-    data_context.execution_options.preserve_order = True  # a fixed data order per rank, for exact resumes
-    data_context.enable_progress_bars = False  # the workers print their own progress lines
-    data_context.print_on_execution_start = False  # and Ray Data would announce every epoch's read
+    DataContext.get_current().execution_options.preserve_order = True  # a fixed order per rank: exact resumes
     gpus, cpus = worker_resources(spec)
     cfg = run.cfg
     in_memory = share_bytes(run.manifest, spec.workers) <= cfg.train.data_in_memory_gb * 2**30

@@ -132,25 +132,27 @@ def test_knn_precision_recall_equals_torch_fidelity(fidelity):
 # ---- classifier on the embedded digits --------------------------------------------------------------------
 
 def test_classifier_trained_on_real_digits_reads_the_class_of_held_out_digits():
-    ref = digits_reference()
-    order = np.random.default_rng(0).permutation(len(ref.labels))
-    train, held = order[:1400], order[1400:]
-    right = M.classifier_accuracy(ref.images[train], ref.labels[train], ref.images[held], ref.labels[held])
-    wrong = M.classifier_accuracy(ref.images[train], ref.labels[train], ref.images[held], (ref.labels[held] + 1) % 10)
-    assert right > 0.97 and wrong < 0.05
+    from pipelines.data.digits import digits
+    from pipelines.data.images import as_rgb_uint8
+
+    images, labels = digits("train")
+    held = digits_reference()  # the test split: never among the training digits
+    right = M.classifier_accuracy(as_rgb_uint8(images), labels, held.images, held.labels)
+    wrong = M.classifier_accuracy(as_rgb_uint8(images), labels, held.images, (held.labels + 1) % 10)
+    assert len(held.labels) == 596 and right > 0.97 and wrong < 0.05
 
 
 def test_pixel_metrics_of_the_embedded_set_against_itself_and_noise():
     ref = digits_reference()
     same = evaluate_images(ref.images, ref.labels, reference=ref)
-    assert set(same) == {"fd_pixels_digits", "precision_k3_pixels_digits", "recall_k3_pixels_digits",
-                         "cls_acc_digits"}
-    assert abs(same["fd_pixels_digits"]) < 1e-6
-    assert same["precision_k3_pixels_digits"] == same["recall_k3_pixels_digits"] == 1.0
+    assert set(same) == {"fd_pixels_digits_test", "precision_k3_pixels_digits_test", "recall_k3_pixels_digits_test",
+                         "cls_acc_digits_test"}
+    assert abs(same["fd_pixels_digits_test"]) < 1e-6
+    assert same["precision_k3_pixels_digits_test"] == same["recall_k3_pixels_digits_test"] == 1.0
     noise = np.random.default_rng(6).integers(0, 256, size=(300, 8, 8), dtype=np.uint8)
     other = evaluate_images(torch.from_numpy(noise)[:, None], reference=ref)  # torch (N, 1, H, W), no labels
-    assert other["fd_pixels_digits"] > 10.0 and other["precision_k3_pixels_digits"] == 0.0
-    assert "cls_acc_digits" not in other
+    assert other["fd_pixels_digits_test"] > 10.0 and other["precision_k3_pixels_digits_test"] == 0.0
+    assert "cls_acc_digits_test" not in other
     with pytest.raises(UserError, match="labels"):
         evaluate_images(noise, reference=ref, metrics="cls_acc")
 
@@ -182,7 +184,7 @@ def test_npz_parquet_png_and_class_folders_read_alike(tmp_path):
 
 
 def test_reference_from_the_embedded_class_folders_equals_the_builtin_digits(tmp_path):
-    assert main(["data", "embedded", "--out", str(tmp_path / "digits")]) == 0
+    assert main(["data", "embedded", "--out", str(tmp_path / "digits"), "--split", "test"]) == 0
     assert main(["evaluate", "reference", "--images", str(tmp_path / "digits"), "--out",
                  str(tmp_path / "ref.npz"), "--no-inception"]) == 0
     loaded, builtin = Reference.load(tmp_path / "ref.npz"), digits_reference()
@@ -274,12 +276,20 @@ def test_cli_without_weights_uses_pixel_metrics_and_fails_clearly_for_fid(tmp_pa
     ref = digits_reference()
     (tmp_path / "s").mkdir()
     np.savez(tmp_path / "s" / "0.npz", arr_0=ref.images[:200], labels=ref.labels[:200])
-    assert main(["evaluate", "--samples", str(tmp_path / "s"), "--reference", "digits",
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    assert main(["evaluate", "--samples", str(tmp_path / "s"), "--reference", "digits", "--tracking-uri", store,
                  "--out", str(tmp_path / "m.json")]) == 0
     result = json.loads((tmp_path / "m.json").read_text())
-    assert result["cls_acc_digits"] > 0.97 and result["precision_k3_pixels_digits"] == 1.0
-    assert 0.0 < result["recall_k3_pixels_digits"] < 1.0  # 200 of 1797 digits cover only part of the set
-    assert main(["evaluate", "--samples", str(tmp_path / "s"), "--reference", "digits", "--metrics", "fid"]) == 2
+    assert result["cls_acc_digits_test"] > 0.97 and result["precision_k3_pixels_digits_test"] == 1.0
+    assert 0.0 < result["recall_k3_pixels_digits_test"] < 1.0  # 200 of the 596 cover only part of the set
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(store)
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.metrics["cls_acc_digits_test"] == pytest.approx(result["cls_acc_digits_test"])
+    assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["samples_grid.png"]
+    assert main(["evaluate", "--samples", str(tmp_path / "s"), "--reference", "digits", "--metrics", "fid",
+                 "--tracking-uri", store]) == 2
     assert "Inception-v3 weights not found" in capsys.readouterr().err
 
 

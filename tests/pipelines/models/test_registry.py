@@ -56,7 +56,10 @@ def test_versions_aliases_and_a_pyfunc_that_makes_the_same_images(tmp_path, stor
     assert "digits  (challenger=v2, champion=v2; 2 version(s))" in capsys.readouterr().out
     assert cli.main(["models", "--tracking-uri", store, "show", "digits@champion"]) == 0
     shown = capsys.readouterr().out
-    assert "digits version 2" in shown and "guidance: omega 3.0  interval [0.2, 0.8]" in shown
+    assert "digits version 2" in shown and "guidance   omega 3.0, interval [0.2, 0.8], 1 step(s)" in shown
+    assert "lineage    checkpoint" in shown and "model      width 32, depth 3, patch 2" in shown
+    assert cli.main(["models", "--tracking-uri", store, "show", "digits/1"]) == 0
+    assert "metrics    quick_fd 3.5" in capsys.readouterr().out
     assert cli.main(["models", "--tracking-uri", store, "show", "nothing@champion"]) == 2
     assert "nothing@champion" in capsys.readouterr().err
 
@@ -98,14 +101,22 @@ def test_guidance_sweep_stores_the_best_setting_that_sample_then_uses(tmp_path, 
                      "--omegas", "1,2,4", "--intervals", "0:1,0.3:0.7", "--num", "40", "--out",
                      str(tmp_path / "sweep"), "--tracking-uri", store]) == 0
     result = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
-    assert result["metric"] == "fd_pixels_digits" and len(result["rows"]) == 6
-    best = min(result["rows"], key=lambda r: r["fd_pixels_digits"])
-    assert (tmp_path / "sweep" / "fd_pixels_digits_vs_omega.png").stat().st_size > 1000
+    assert result["metric"] == "fd_pixels_digits_test" and len(result["rows"]) == 6
+    best = min(result["rows"], key=lambda r: r["fd_pixels_digits_test"])
+    assert (tmp_path / "sweep" / "fd_pixels_digits_test_vs_omega.png").stat().st_size > 1000
     client = MlflowClient(store)
     version = client.get_model_version_by_alias("swept", "champion")
     assert version_guidance(version) == {k: best[k] for k in ("omega", "t_min", "t_max", "steps")}
-    runs = client.search_runs([client.get_experiment_by_name("imf/sweeps/swept").experiment_id])
-    assert len(client.get_metric_history(runs[0].info.run_id, "fd_pixels_digits")) == 6
+    runs = client.search_runs([client.get_experiment_by_name("imf/swept").experiment_id])
+    assert len(client.get_metric_history(runs[0].info.run_id, "fd_pixels_digits_test")) == 6
+    # the plot and the table travel with the version: tags naming artifacts of its own run
+    import mlflow
+
+    plot = mlflow.artifacts.download_artifacts(version.tags["imf.sweep.plot"], tracking_uri=store,
+                                               dst_path=str(tmp_path / "dl"))
+    table = json.loads(Path(mlflow.artifacts.download_artifacts(version.tags["imf.sweep.table"], tracking_uri=store,
+                                                                dst_path=str(tmp_path / "dl"))).read_text())
+    assert Path(plot).stat().st_size > 1000 and len(table["data"]) == 6
 
     capsys.readouterr()
     assert cli.main(["sample", "--model", "models:/swept@champion", "--num", "4", "--out", str(tmp_path / "s"),
