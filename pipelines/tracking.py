@@ -3,6 +3,7 @@ turns a vanished tracking server into warnings instead of a failed run."""
 
 import contextlib
 import json
+import logging
 import os
 import sys
 import warnings
@@ -58,8 +59,11 @@ def _quick_requests(timeout_s: int = 5, retries: int = 1):
 def connect(tracking_uri: str | None):
     """An MlflowClient for the URI (default: the local store), tracking and registry both; an unreachable
     server is a UserError within seconds."""
-    # A progress bar per artifact download floods logs that are not a terminal.
+    # A progress bar per artifact download floods logs that are not a terminal; a new SQLite store announces
+    # its schema migration in INFO lines.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "true" if sys.stderr.isatty() else "false")
+    for name in ("mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or default_tracking_uri()

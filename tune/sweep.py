@@ -178,9 +178,37 @@ def fit(space, setup, args, storage, sweep, grace, max_concurrent):
                                     # Tune ignores max_concurrent_trials when given a search_alg instance.
                                     search_alg=BasicVariantGenerator(max_concurrent=max_concurrent,
                                                                      random_state=args.seed)),
-        run_config=tune.RunConfig(name=sweep, storage_path=str(storage)),
+        # verbose 0: Tune's status tables (which cut column names and round small values to 0.) give way to
+        # one progress line per finished trial; the full table is printed and logged at the end.
+        run_config=tune.RunConfig(name=sweep, storage_path=str(storage), verbose=0,
+                                  callbacks=[trial_progress(args.trials)]),
     )
     return tuner.fit()
+
+
+def trial_progress(trials: int):
+    """A Tune callback printing `tune: done/total trials, rate, elapsed, ETA` as each trial ends."""
+    from ray.tune import Callback
+
+    from pipelines.progress import Progress
+
+    class _TrialProgress(Callback):
+        def __init__(self):
+            self.progress, self.done = Progress("tune", trials, "trials", every_s=0), 0
+
+        def _ended(self, trial, how):
+            self.done += 1
+            best = trial.last_result.get("quick_fd") if trial.last_result else None
+            note = f"trial {trial.trial_id} {how}" + (f", last quick_fd {best:.4f}" if best is not None else "")
+            self.progress.update(self.done, note)
+
+        def on_trial_complete(self, iteration, trials, trial, **info):
+            self._ended(trial, "ended")
+
+        def on_trial_error(self, iteration, trials, trial, **info):
+            self._ended(trial, "failed")
+
+    return _TrialProgress()
 
 
 def finish(client, tracking_uri, exp, parent, space, results, args, num_rows, model_name, manifest, storage) -> int:

@@ -63,3 +63,37 @@ def test_batch_must_divide_over_workers():
 def test_missing_config_file_names_the_path(tmp_path):
     with pytest.raises(UserError, match="nope.yaml not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize("assignment, key", [("optim.lr=-3", "optim.lr = -3"), ("optim.learning_rate=1", "learning_rate"),
+                                             ("draws.omega_max=.nan", "draws.omega_max = nan"),
+                                             ("train.batch_size=ten", "train.batch_size = 'ten'")])
+def test_set_overrides_are_refused_as_the_same_value_in_the_file_is(tmp_path, assignment, key):
+    from pipelines.config import apply_overrides, read_yaml
+
+    base = CONFIGS / "demo.yaml"
+    with pytest.raises(UserError) as by_flag:
+        load_config(base, [assignment])
+    section, rest = assignment.split(".", 1)
+    name, value = rest.split("=", 1)
+    written = tmp_path / "c.yaml"
+    raw = read_yaml(base.read_text())
+    raw.setdefault(section, {})[name] = read_yaml(value)
+    written.write_text(yaml.safe_dump(raw))
+    with pytest.raises(UserError) as in_file:
+        load_config(written)
+    strip = lambda err, path: str(err.value).replace(str(path), "CONFIG")  # noqa: E731
+    assert key in str(by_flag.value) and strip(by_flag, base) == strip(in_file, written)
+    assert apply_overrides({"optim": {"lr": 1}}, ["optim.lr=3e-4"]) == {"optim": {"lr": 3e-4}}
+
+
+def test_yaml_numbers_as_people_write_them_and_a_config_by_name(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("optim:\n  lr: 1e-4\ntrain:\n  max_steps: 3e5\n")
+    cfg = load_config(path)
+    assert cfg.optim.lr == 1e-4 and cfg.train.max_steps == 300000
+    assert load_config("demo").model.name == "Tiny/2"
+    empty = tmp_path / "empty.yaml"
+    empty.write_text("")
+    with pytest.raises(UserError, match="is empty"):
+        load_config(empty)
