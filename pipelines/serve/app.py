@@ -75,6 +75,7 @@ class ImageGenerator:
         self.spec = AppSpec(**spec)
         self.served = load_served(self.spec.model, self.spec.tracking_uri)
         self.follow, self.checked, self.refreshing = follows(self.spec.model), time.monotonic(), None
+        self.busy, self.idle = False, asyncio.Event()
         self.run_batch.set_max_batch_size(self.spec.max_batch_size)
         self.run_batch.set_batch_wait_timeout_s(self.spec.batch_wait_ms / 1000)
 
@@ -91,11 +92,21 @@ class ImageGenerator:
                         served.guidance(request.guidance))
         except (UserError, ValueError) as err:
             return {"error": str(err)}
+        # important: serve.batch closes a batch --batch-wait-ms after its first request even while the previous
+        # one still runs; held here instead, the requests that came in meanwhile form the next batch together.
+        while self.busy:
+            await self.idle.wait()
         return await self.run_batch(rows)
 
     @serve.batch(batch_size_fn=lambda batch: sum(len(rows.seeds) for rows in batch))
     async def run_batch(self, batch: list[Rows]) -> list[dict]:
-        return await asyncio.to_thread(make_images, batch)  # the event loop keeps taking the next batch
+        self.busy = True
+        self.idle.clear()
+        try:
+            return await asyncio.to_thread(make_images, batch)  # the event loop keeps taking requests
+        finally:
+            self.busy = False
+            self.idle.set()
 
     def _maybe_refresh(self):
         if self.follow and self.refreshing is None and time.monotonic() - self.checked >= self.spec.poll_seconds:

@@ -88,7 +88,7 @@ def register(steps):
     p.add_argument("--route-prefix", default="/")
     p.add_argument("--name", default="imf", help="the Serve application's name")
     p.add_argument("--max-batch-size", type=int, default=32, help="images per network call across requests")
-    p.add_argument("--batch-wait-ms", type=float, default=2.0, help="how long a batch waits for more requests")
+    p.add_argument("--batch-wait-ms", type=float, default=1.0, help="how long a batch waits for more requests")
     p.add_argument("--max-images", type=int, default=32, help="images per request at most")
     p.add_argument("--num-replicas", default="1", help="generator replicas: a number, or auto (autoscaled)")
     p.add_argument("--min-replicas", type=int, default=1, help="with --num-replicas auto")

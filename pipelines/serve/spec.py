@@ -16,7 +16,7 @@ class AppSpec:
     model: str
     tracking_uri: str | None = None
     max_batch_size: int = 32
-    batch_wait_ms: float = 2.0
+    batch_wait_ms: float = 1.0
     max_images: int = 32
     num_replicas: str = "1"
     min_replicas: int = 1
