@@ -7,6 +7,7 @@
 The HTTP proxy binds 127.0.0.1 unless --host says otherwise; the endpoint has no authentication.
 """
 
+import logging
 import time
 from dataclasses import dataclass, replace
 
@@ -45,6 +46,7 @@ def start_app(spec: ServeSpec) -> tuple[str, str]:
     from .versions import check_reference
 
     spec.check()
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # its start-up lines would read as problems
     label, uri = check_reference(spec.model, spec.tracking_uri)
     spec = replace(spec, tracking_uri=uri, model=label if not spec.model.startswith("models:/") else spec.model)
     start_ray(spec.address)
@@ -66,15 +68,22 @@ def run_serve(spec: ServeSpec) -> int:
         print(f"imf serve: left running on the cluster; stop it with `serve delete {spec.name}` "
               "(or `serve shutdown`)")
         return 0
+    import signal
+
     from ray import serve
 
+    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: the same clean exit as Ctrl-C
     try:
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.delete(spec.name)
-        print("imf serve: stopped")
+        print("imf serve: stopped", flush=True)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def register(steps):
