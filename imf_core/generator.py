@@ -65,10 +65,11 @@ class Generator:
             raise ValueError(f"classes {bad} are outside 0..{self.num_classes - 1}: this model has "
                              f"{self.num_classes} classes")
 
-    def images(self, seed: int, indices, labels, omega=None, t_min=None, t_max=None, steps=None,
+    def images(self, seed, indices, labels, omega=None, t_min=None, t_max=None, steps=None,
                batch_size: int = 256) -> torch.Tensor:
         """uint8 images (N, C, H, W) of (seed, index) pairs with the given labels; guidance defaults to the
-        folder's stored setting, and omega/t_min/t_max may be one value per row."""
+        folder's stored setting. `seed` is one number or one per row, and omega/t_min/t_max may be one value
+        per row."""
         g = self.guidance
         labels = torch.as_tensor(labels, dtype=torch.long)
         self.check_classes(labels.tolist())

@@ -35,16 +35,22 @@ def to_uint8(images: torch.Tensor) -> torch.Tensor:
     return (images.float() * 127.5 + 128).clamp(0, 255).to(torch.uint8)
 
 
-def index_noise(seed: int, indices, shape) -> torch.Tensor:
+def index_noise(seed, indices, shape) -> torch.Tensor:
     """The noise of images `indices` of a seeded request: image i's comes from a generator seeded by (seed, i)
-    alone, so it is the same whatever the batch, the worker or the entry point (batch job, pyfunc, server)."""
+    alone, so it is the same whatever the batch, the worker or the entry point (batch job, pyfunc, server).
+    `seed`: the request's seed, or one seed per index (rows of several requests in one batch)."""
     import numpy as np
 
-    def generator(i):
-        state = np.random.SeedSequence((int(seed), int(i))).generate_state(1, np.uint64)[0]
+    indices = [int(i) for i in indices]
+    seeds = [int(s) for s in seed] if np.ndim(seed) else [int(seed)] * len(indices)
+    if len(seeds) != len(indices):
+        raise ValueError(f"{len(seeds)} seeds for {len(indices)} indices: give one seed, or one per index")
+
+    def generator(s, i):
+        state = np.random.SeedSequence((s, i)).generate_state(1, np.uint64)[0]
         return torch.Generator().manual_seed(int(state >> np.uint64(1)))
 
-    return torch.stack([torch.randn(tuple(shape), generator=generator(i)) for i in indices])
+    return torch.stack([torch.randn(tuple(shape), generator=generator(s, i)) for s, i in zip(seeds, indices)])
 
 
 @torch.no_grad()

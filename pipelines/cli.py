@@ -21,6 +21,7 @@ STEPS = [
     "pipelines.models.registry",    # imf models
     "pipelines.generate.sample",    # imf sample
     "pipelines.evaluation.evaluate",  # imf evaluate
+    "pipelines.serve.server",       # imf serve
     "pipelines.ops.jobs",           # imf submit, imf jobs
     "pipelines.ops.demo",           # imf demo
 ]

@@ -121,8 +121,8 @@ def as_rgb_uint8(images):
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def save_grid(images, path, columns: int, scale: int = 1) -> Path:
-    """uint8 images (N, H, W, C) -> one PNG, `columns` per row, each pixel repeated `scale` times."""
+def grid_image(images, columns: int, scale: int = 1) -> "Image.Image":
+    """uint8 images (N, H, W, C) -> one image, `columns` per row, each pixel repeated `scale` times."""
     pixels = np.asarray(images)
     n, h, w, c = pixels.shape
     rows = -(-n // columns)
@@ -132,6 +132,11 @@ def save_grid(images, path, columns: int, scale: int = 1) -> Path:
         grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = pixels[i]
     if scale > 1:
         grid = np.kron(grid, np.ones((scale, scale, 1), dtype=np.uint8))
+    return Image.fromarray(grid[..., 0] if c == 1 else grid, "L" if c == 1 else "RGB")
+
+
+def save_grid(images, path, columns: int, scale: int = 1) -> Path:
+    """uint8 images (N, H, W, C) -> one PNG file (see grid_image)."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(grid[..., 0] if c == 1 else grid, "L" if c == 1 else "RGB").save(path)
+    grid_image(images, columns, scale).save(path)
     return Path(path)

@@ -178,18 +178,25 @@ def parse_classes(text: str, num_classes: int) -> list[int]:
     return classes
 
 
-def make_plan(spec: SampleSpec, config: dict, version) -> dict:
-    """The request as written to sample_plan.json: guidance resolved (flags, else the version's stored
-    setting, else the folder's), classes, shards."""
+def resolve_guidance(given: dict, config: dict, version) -> dict:
+    """omega, t_min, t_max, steps: the given values (None: not given), else the version's stored setting, else
+    the folder's; checked. The server fills a request's guidance the same way."""
     from ..models.registry import version_guidance
 
     stored = {**config.get("guidance", {}), **(version_guidance(version) if version is not None else {})}
-    given = {"omega": spec.omega, "t_min": spec.t_min, "t_max": spec.t_max, "steps": spec.steps}
     defaults = {"omega": 1.0, "t_min": 0.0, "t_max": 1.0, "steps": 1}
-    guidance = {k: v if v is not None else stored.get(k, defaults[k]) for k, v in given.items()}
+    guidance = {k: given.get(k) if given.get(k) is not None else stored.get(k, defaults[k]) for k in defaults}
     guidance["steps"] = int(guidance["steps"])
     if not (guidance["omega"] >= 1 and 0 <= guidance["t_min"] <= guidance["t_max"] <= 1 and guidance["steps"] >= 1):
         raise UserError(f"guidance {guidance}: need omega >= 1, 0 <= t_min <= t_max <= 1, steps >= 1")
+    return guidance
+
+
+def make_plan(spec: SampleSpec, config: dict, version) -> dict:
+    """The request as written to sample_plan.json: guidance resolved (flags, else the version's stored
+    setting, else the folder's), classes, shards."""
+    given = {"omega": spec.omega, "t_min": spec.t_min, "t_max": spec.t_max, "steps": spec.steps}
+    guidance = resolve_guidance(given, config, version)
     return {"model": spec.model, "model_name": getattr(version, "name", None),
             "version": getattr(version, "version", None), "num": spec.num, "seed": spec.seed,
             "classes": parse_classes(spec.classes, config["num_classes"]), "guidance": guidance,

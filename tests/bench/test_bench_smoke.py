@@ -39,3 +39,9 @@ def test_toy_objectives_bench():
 def test_encode_bench(tmp_path):
     out = run("bench/encode.py", "--count", "64", "--workers", "1", "--shard-size", "32")
     assert "ratio Ray / bare" in out and "after the first shard" in out
+
+
+def test_serve_bench():
+    out = run("bench/serve.py", "--model", "Micro/2", "--input-size", "8", "--clients", "1,4", "--repeats", "1",
+              "--requests", "2")
+    assert "single-client latency overhead" in out and "serve / direct batched" in out

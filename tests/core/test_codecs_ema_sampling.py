@@ -126,3 +126,15 @@ def test_ema_warmup_caps_the_decay_early_on():
         net.weight.add_(1.0)
     ema.update(net, step=0)  # decay capped at 1/10
     torch.testing.assert_close(ema.shadows[0.9999]["weight"], 0.1 * start + 0.9 * net.weight.detach())
+
+
+def test_index_noise_takes_one_seed_per_row():
+    """Rows of several requests in one batch: (seeds[k], indices[k]) gives each request's own noise."""
+    from imf_core import index_noise
+
+    mixed = index_noise([3, 5, 3], [0, 2, 7], (2, 4, 4))
+    assert torch.equal(mixed[[0, 2]], index_noise(3, [0, 7], (2, 4, 4)))
+    assert torch.equal(mixed[1], index_noise(5, [2], (2, 4, 4))[0])
+    assert not torch.equal(index_noise(3, [2], (2, 4, 4)), index_noise(5, [2], (2, 4, 4)))
+    with pytest.raises(ValueError, match="2 seeds for 3 indices"):
+        index_noise([1, 2], [0, 1, 2], (2, 4, 4))

@@ -16,6 +16,7 @@ STEPS = {
     "models": ["list"],
     "sample": ["--model", "models:/m@champion", "--num", "1", "--out", "out"],
     "evaluate": ["--samples", "s", "--reference", "r.npz"],
+    "serve": ["--model", "models:/m@champion"],
 }
 
 

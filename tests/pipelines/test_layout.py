@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-STAGES = ["data", "models", "train", "generate", "evaluation", "ops"]
+STAGES = ["data", "models", "train", "generate", "evaluation", "serve", "ops"]
 SHARED = {"cli", "config", "runtime", "tracking", "storage", "progress", "metrics", "errors"}
 
 

@@ -1,0 +1,246 @@
+"""`imf serve` on the test run's Ray: a real Serve application called over HTTP by concurrent clients. Its images
+are the bytes `imf sample` writes, requests are batched across callers, bad requests get a 400 that says why, a
+dead replica costs no request, and the champion alias is followed without a restart."""
+
+import base64
+import concurrent.futures
+import http.client
+import io
+import json
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import cli
+from tests.infra.local_cluster import free_port
+from tests.pipelines.model_helpers import model_folder
+
+pytestmark = pytest.mark.timeout(600)
+NAME = "served"
+GUIDANCE = {"omega": 2.0, "t_min": 0.1, "t_max": 0.9, "steps": 1}  # stored on version 1 (its folder says 3.0)
+CLASSES = [2, 0, 3]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    from pipelines.models.registry import register_folder, set_best_guidance
+    from pipelines.tracking import connect
+
+    tmp = tmp_path_factory.mktemp("serve")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    folders = [model_folder(tmp, seed=s) for s in (0, 1)]
+    for folder in folders:  # version 1 (champion), version 2
+        register_folder(folder, NAME, uri)
+    client, _ = connect(uri)
+    set_best_guidance(client, NAME, "1", GUIDANCE, "fd_test", 1.0)
+    return SimpleNamespace(tmp=tmp, uri=uri, folders=folders)
+
+
+@pytest.fixture(scope="module")
+def sampled(store, ray_session):
+    """`imf sample --seed 7` of version 1: the bytes the server must give."""
+    out = store.tmp / "sampled"
+    assert cli.main(["sample", "--model", f"models:/{NAME}/1", "--num", "8", "--out", str(out), "--seed", "7",
+                     "--classes", ",".join(map(str, CLASSES)), "--shard-size", "8", "--actors", "1",
+                     "--tracking-uri", store.uri, *[f"--{k.replace('_', '-')}={v}" for k, v in GUIDANCE.items()]]) == 0
+    return np.load(out / "samples.npz")
+
+
+@pytest.fixture(scope="module")
+def server(store, ray_session):
+    from ray import serve
+
+    from pipelines.serve.server import ServeSpec, start_app
+
+    spec = ServeSpec(model=f"models:/{NAME}@champion", tracking_uri=store.uri, port=free_port(), num_replicas="2",
+                     cpus_per_replica=0.5, max_batch_size=32, max_images=16, batch_wait_ms=20, poll_seconds=1)
+    url, label = start_app(spec)
+    assert label == f"{NAME}/1" and url == f"http://127.0.0.1:{spec.port}/"
+    yield SimpleNamespace(port=spec.port)
+    serve.shutdown()
+
+
+def call(port, body, method="POST"):
+    """(status, headers, body bytes) of one request to the server."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
+    conn.request(method, "/", body=data, headers={"Content-Type": "application/json"})
+    reply = conn.getresponse()
+    out = reply.status, reply.headers, reply.read()  # headers: case-insensitive
+    conn.close()
+    return out
+
+
+def npz_images(content: bytes):
+    return np.load(io.BytesIO(content))
+
+
+def png_pixels(content: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(content)).convert("RGB"))
+
+
+def test_a_request_gives_the_bytes_of_imf_sample(server, sampled):
+    images, labels = sampled["arr_0"], sampled["labels"]
+    status, head, body = call(server.port, {"class": CLASSES, "seed": 7, "count": 8, "format": "npz"})
+    assert status == 200 and head["X-IMF-Model-Version"] == f"{NAME}/1"
+    answer = npz_images(body)
+    assert np.array_equal(answer["arr_0"], images) and answer["labels"].tolist() == labels.tolist()
+    assert answer["indices"].tolist() == list(range(8)) and answer["seeds"].tolist() == [7] * 8
+
+    picked = [6, 1, 3]  # image i of `imf sample --seed 7`, in any order
+    status, _, body = call(server.port, {"class": labels[picked].tolist(), "seed": 7, "indices": picked,
+                                         "format": "npz"})
+    assert status == 200 and np.array_equal(npz_images(body)["arr_0"], images[picked])
+    status, _, body = call(server.port, {"class": [int(labels[5]), int(labels[2])], "seeds": [7, 7],
+                                         "indices": [5, 2], "format": "npz"})
+    assert status == 200 and np.array_equal(npz_images(body)["arr_0"], images[[5, 2]])
+
+    status, head, body = call(server.port, {"class": int(labels[4]), "seed": 7, "indices": [4]})
+    assert status == 200 and head["Content-Type"] == "image/png" and np.array_equal(png_pixels(body), images[4])
+    status, head, body = call(server.port, {"class": CLASSES, "seed": 7, "count": 4})
+    grid = png_pixels(body)  # 2 x 2 grid of 8 x 8 images
+    assert grid.shape == (16, 16, 3) and head["X-IMF-Images"] == "4"
+    assert np.array_equal(grid[:8, 8:], images[1]) and np.array_equal(grid[8:, :8], images[2])
+
+    status, head, body = call(server.port, {"class": ["c", "a"], "seed": 7, "count": 2, "format": "json"})
+    answer = json.loads(body)
+    assert status == 200 and answer["model_version"] == f"{NAME}/1" and answer["guidance"] == GUIDANCE
+    assert [r["class"] for r in answer["images"]] == [2, 0]
+    assert all(np.array_equal(png_pixels(base64.b64decode(r["png"])), images[k]) for k, r in enumerate(answer["images"]))
+
+    status, _, body = call(server.port, None, method="GET")
+    info = json.loads(body)
+    assert status == 200 and info["model_version"] == f"{NAME}/1" and info["num_classes"] == 4
+    assert info["guidance"] == GUIDANCE and info["max_images"] == 16
+
+
+def in_process(folder, seed, indices, labels, guidance=GUIDANCE):
+    """The same images made in this process with imf_core's Generator (no Ray, no HTTP)."""
+    from imf_core import load_generator
+
+    from pipelines.data.images import as_rgb_uint8
+
+    return as_rgb_uint8(load_generator(folder, "cpu").images(seed, indices, labels, **guidance))
+
+
+def concurrent_requests(port, requests, clients=12):
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        return list(pool.map(lambda body: call(port, body), requests))
+
+
+def test_concurrent_clients_are_batched_and_each_gets_its_own_images(server, sampled, store):
+    images, labels = sampled["arr_0"], sampled["labels"]
+    rng = np.random.default_rng(0)
+    requests = []
+    for k in range(24):
+        picked = rng.choice(8, size=1 + k % 3, replace=False).tolist()
+        requests.append({"class": labels[picked].tolist(), "seed": 7, "indices": picked, "format": "npz"})
+    requests += [{"class": [1, 3], "seed": 11, "indices": [k, k + 1], "format": "npz"} for k in range(8)]
+    answers = concurrent_requests(server.port, requests)
+    assert [status for status, _, _ in answers] == [200] * len(requests)
+    for request, (_, _, body) in zip(requests[:24], answers):
+        assert np.array_equal(npz_images(body)["arr_0"], images[request["indices"]])
+    for request, (_, _, body) in zip(requests[24:], answers[24:]):
+        expected = in_process(store.folders[0], 11, request["indices"], request["class"])
+        assert np.array_equal(npz_images(body)["arr_0"], expected)
+    batched = [int(head["X-IMF-Batch-Requests"]) for _, head, _ in answers]
+    assert max(batched) > 1, f"no two requests shared a network call: {batched}"
+    assert all(int(head["X-IMF-Batch-Images"]) >= len(request["indices"])
+               for request, (_, head, _) in zip(requests, answers))
+
+
+BAD = [
+    ({"class": 9}, "outside 0..3"),
+    ({"class": "zebra"}, "not a class of this model"),
+    ({"class": 1, "count": 17}, "limit of 16"),
+    ({"class": 1, "omega": 0.5}, "omega 0.5: must be a number >= 1"),
+    ({"class": 1, "omega": "strong"}, "omega"),
+    ({"class": 1, "format": "gif"}, "format 'gif'"),
+    ({"class": 1, "t_min": 0.8, "t_max": 0.2}, "t_min 0.8 is above t_max 0.2"),
+    ({"class": 1, "t_min": 0.95}, "guidance"),  # above the version's stored t_max 0.9
+    ({"class": 1, "steps": 0}, "steps 0"),
+    ({"class": 1, "seed": -1}, "seed -1"),
+    ({"class": 1, "count": 2, "indices": [0, 1, 2]}, "disagree"),
+    ({"class": 1, "omgea": 2}, "unknown field(s) omgea"),
+    ({"count": 2}, '"class" is required'),
+    (b"{not json", "not JSON"),
+    ([1, 2], "JSON object"),
+]
+
+
+def test_bad_requests_get_a_400_that_names_the_problem(server):
+    for body, message in BAD:
+        status, head, content = call(server.port, body)
+        assert status == 400, (body, status, content[:300])
+        error = json.loads(content)["error"]
+        assert message in error and "Traceback" not in error, (body, error)
+    status, _, content = call(server.port, b"", method="PUT")
+    assert status == 405 and "POST" in json.loads(content)["error"]
+    assert call(server.port, {"class": 1})[0] == 200  # the server is fine afterwards
+
+
+def generator_replicas() -> set[str]:
+    import ray
+
+    return {a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if "#ImageGenerator#" in a["name"]}
+
+
+def test_a_dead_replica_is_replaced_without_failing_requests(server, sampled):
+    """Clients keep sending while one of the two generator replicas is killed and until its replacement runs."""
+    import threading
+
+    import ray
+    from ray import serve
+
+    before = generator_replicas()
+    assert len(before) == 2
+    images, labels = sampled["arr_0"], sampled["labels"]
+    stop, answers = threading.Event(), []
+
+    def client(k):
+        while not stop.is_set():
+            request = {"class": [int(labels[k])], "seed": 7, "indices": [k], "format": "npz"}
+            answers.append((k, call(server.port, request)))
+
+    with concurrent.futures.ThreadPoolExecutor(8) as pool:
+        clients = [pool.submit(client, k) for k in range(8)]
+        time.sleep(1.0)
+        victim = sorted(before)[0]
+        ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
+        deadline = time.time() + 180
+        while time.time() < deadline:
+            states = serve.status().applications["imf"].deployments["ImageGenerator"].replica_states
+            if states.get("RUNNING") == 2 and len(generator_replicas() - before) == 1:
+                break
+            time.sleep(0.5)
+        time.sleep(1.0)
+        stop.set()
+        [c.result() for c in clients]
+    assert states.get("RUNNING") == 2 and victim not in generator_replicas(), (states, generator_replicas())
+    assert len(generator_replicas() - before) == 1
+    failed = [(k, status, body[:200]) for k, (status, _, body) in answers if status != 200]
+    assert not failed and len(answers) > 16, failed[:3]
+    assert all(np.array_equal(npz_images(body)["arr_0"], images[[k]]) for k, (_, _, body) in answers)
+
+
+def test_the_champion_alias_is_followed_without_a_restart(server, store, sampled):
+    request = {"class": CLASSES, "seed": 7, "count": 3, "format": "npz", **GUIDANCE}
+    status, head, body = call(server.port, request)
+    assert status == 200 and head["X-IMF-Model-Version"] == f"{NAME}/1"
+    assert cli.main(["models", "--tracking-uri", store.uri, "promote", NAME, "2", "--alias", "champion"]) == 0
+    deadline, seen = time.time() + 120, []
+    while time.time() < deadline:
+        status, head, body = call(server.port, request)
+        assert status == 200  # answered all along, by one version or the other
+        seen.append(head["X-IMF-Model-Version"])
+        if seen[-1] == f"{NAME}/2" and [call(server.port, request)[1]["X-IMF-Model-Version"]
+                                         for _ in range(4)] == [f"{NAME}/2"] * 4:
+            break
+        time.sleep(0.5)
+    assert seen[-1] == f"{NAME}/2", seen
+    expected = in_process(store.folders[1], 7, range(3), CLASSES)
+    assert np.array_equal(npz_images(body)["arr_0"], expected)
+    assert not np.array_equal(expected, sampled["arr_0"][:3])

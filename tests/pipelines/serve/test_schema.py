@@ -1,0 +1,128 @@
+"""The request rules of `imf serve` (which images a request means, what is refused and how it is said), its
+answers' encodings, and the application's options: checked without Ray."""
+
+import io
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipelines import cli
+from pipelines.serve.responses import encode, headers
+from pipelines.serve.schema import RequestError, parse_request
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def parse(body, max_images=16):
+    return parse_request(json.dumps(body).encode(), max_images)
+
+
+def test_image_k_is_seed_index_k_with_classes_cycled():
+    r = parse({"class": [2, 0, 3], "seed": 7, "count": 5})
+    assert (r.seeds, r.indices, r.classes) == ([7] * 5, [0, 1, 2, 3, 4], [2, 0, 3, 2, 0])
+    r = parse({"class": "cat", "indices": [9, 4]})
+    assert (r.seeds, r.indices, r.classes) == ([0, 0], [9, 4], ["cat", "cat"])
+    r = parse({"class": [1, 2], "seeds": [5, 6], "indices": [3, 3], "omega": 2, "steps": 2, "format": "npz"})
+    assert (r.seeds, r.indices, r.classes, r.format) == ([5, 6], [3, 3], [1, 2], "npz")
+    assert r.guidance == {"omega": 2.0, "t_min": None, "t_max": None, "steps": 2}
+    r = parse({"class": 1, "seeds": [4, 8, 15]})  # one image per seed, indices 0..n-1 as in the pyfunc
+    assert (r.seeds, r.indices) == ([4, 8, 15], [0, 1, 2])
+    assert parse({"class": 0}).guidance == {"omega": None, "t_min": None, "t_max": None, "steps": None}
+
+
+@pytest.mark.parametrize("body,message", [
+    ({"class": [1, 2, 3], "count": 2}, "class lists 3 classes for 2 image(s)"),
+    ({"class": 1, "count": 0}, "count 0: must be an integer >= 1"),
+    ({"class": 1, "seeds": []}, "no image"),
+    ({"class": 1, "seed": 1, "seeds": [2]}, 'not both'),
+    ({"class": 1, "seeds": 3}, "seeds must be a list"),
+    ({"class": 1, "indices": [0, -2]}, "indices[1] -2"),
+    ({"class": True}, "class true"),
+    ({"class": 1.5}, "class 1.5"),
+    ({"class": 1, "omega": float("inf")}, "omega Infinity"),
+    ({"class": 1, "omega": True}, "omega true"),
+    ({"class": 1, "t_max": 1.5}, "t_max 1.5: must be a number in [0, 1]"),
+    ({"class": 1, "steps": 2.0}, "steps 2.0"),
+    ({"class": 1, "steps": 99}, "steps 99: must be an integer in 1..32"),
+    ({"class": 1, "count": 17}, "17 images is above this server's limit of 16"),
+])
+def test_bad_requests_are_refused_with_a_reason(body, message):
+    with pytest.raises(RequestError) as err:
+        parse(body)
+    assert message in str(err.value)
+
+
+def result(n):
+    images = np.arange(n * 4 * 4 * 3, dtype=np.uint8).reshape(n, 4, 4, 3)
+    return {"images": images, "labels": list(range(n)), "seeds": [7] * n, "indices": list(range(n)),
+            "guidance": {"omega": 2.0}, "model_version": "m/3", "batch_requests": 2, "batch_images": 5}
+
+
+def test_answers_in_each_format():
+    one, five = result(1), result(5)
+    body, media = encode(one, "png")
+    assert media == "image/png" and np.array_equal(np.asarray(Image.open(io.BytesIO(body))), one["images"][0])
+    grid = np.asarray(Image.open(io.BytesIO(encode(five, "png")[0])))
+    assert grid.shape == (8, 12, 3)  # 3 columns, 2 rows, the rest black
+    assert np.array_equal(grid[4:8, 4:8], five["images"][4]) and not grid[4:8, 8:].any()
+    saved = np.load(io.BytesIO(encode(five, "npz")[0]))
+    assert np.array_equal(saved["arr_0"], five["images"]) and saved["indices"].tolist() == list(range(5))
+    answer = json.loads(encode(five, "json")[0])
+    assert answer["model_version"] == "m/3" and len(answer["images"]) == 5 and answer["batch"]["requests"] == 2
+    assert headers(five) == {"X-IMF-Model-Version": "m/3", "X-IMF-Images": "5", "X-IMF-Batch-Requests": "2",
+                             "X-IMF-Batch-Images": "5"}
+
+
+def serve_spec(*flags):
+    from pipelines.serve.server import ServeSpec
+
+    return cli.spec_from_args(ServeSpec, cli.build_parser().parse_args(["serve", "--model", "models:/m@champion",
+                                                                        *flags]))
+
+
+def test_replicas_fixed_or_autoscaled_with_a_gpu_each_when_the_cluster_has_them():
+    from pipelines.serve.app import generator_options
+
+    spec = serve_spec("--num-replicas", "3")
+    assert spec.host == "127.0.0.1" and spec.tracking_uri is None
+    options = generator_options(spec, cluster_gpus=0)
+    assert options["num_replicas"] == 3 and options["ray_actor_options"] == {"num_cpus": 1.0, "num_gpus": 0}
+    assert options["max_ongoing_requests"] >= 2 * spec.max_batch_size  # room for a full batch and the next
+    options = generator_options(serve_spec("--num-replicas", "auto", "--max-replicas", "8"), cluster_gpus=16)
+    assert "num_replicas" not in options and options["ray_actor_options"]["num_gpus"] == 1
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 32}
+    assert generator_options(serve_spec("--gpus-per-replica", "0.5"), 8)["ray_actor_options"]["num_gpus"] == 0.5
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--max-images", "64", "--max-batch-size", "32"], "--max-images 64 is above --max-batch-size 32"),
+    (["--num-replicas", "many"], "--num-replicas 'many'"),
+    (["--num-replicas", "auto", "--min-replicas", "5", "--max-replicas", "2"], "--min-replicas 5"),
+    (["--detach"], "--detach needs --address"),
+    (["--port", "0"], "--port 0"),
+])
+def test_bad_flags_are_refused_before_ray_starts(flags, message):
+    from pipelines.errors import UserError
+
+    with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        serve_spec(*flags).check()
+
+
+def test_a_missing_model_is_an_error_before_ray_starts(tmp_path, capsys):
+    assert cli.main(["serve", "--model", str(tmp_path / "nothing")]) == 2
+    assert "not a model folder" in capsys.readouterr().err
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    assert cli.main(["serve", "--model", "models:/absent@champion", "--tracking-uri", store]) == 2
+    assert "absent" in capsys.readouterr().err
+
+
+def test_the_config_file_builder_refuses_unknown_args():
+    from pipelines.errors import UserError
+    from pipelines.serve.app import app_builder
+
+    with pytest.raises(UserError, match="'port'"):
+        app_builder({"model": "models:/m@champion", "port": 8000})
+    with pytest.raises(UserError, match="without model"):
+        app_builder({})
