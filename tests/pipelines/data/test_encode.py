@@ -18,7 +18,7 @@ from pipelines.data.digits import write_embedded
 from pipelines.data.images import center_crop, load_image, to_rgb
 from pipelines.data.encode import actor_pool, plan_encode, run_encode
 from pipelines.data.shards import MANIFEST, METADATA_KEY, read_manifest, shard_metadata
-from tests.pipelines.image_trees import make_tree, pattern, sixteen_bit_png, truncated_jpeg
+from tests.pipelines.image_trees import make_tree, sixteen_bit_png, truncated_jpeg
 
 
 def read_rows(out) -> dict:
