@@ -25,7 +25,8 @@ test: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 demo: $(STAMP)
-	$(VENV)/bin/imf demo --out $(DEMO_DIR)
+	@# One OpenMP thread per process here too: the two training workers (and later the sampling actors) share the cores.
+	OMP_NUM_THREADS=1 $(VENV)/bin/imf demo --out $(DEMO_DIR)
 
 bench-cpu: $(STAMP)
 	$(PY) bench/toy_objectives.py --steps 300

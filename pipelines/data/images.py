@@ -121,17 +121,19 @@ def as_rgb_uint8(images):
     return np.repeat(images, 3, axis=-1) if images.shape[-1] == 1 else images
 
 
-def grid_image(images, columns: int, scale: int = 1) -> "Image.Image":
-    """uint8 images (N, H, W, C) -> one image, `columns` per row, each pixel repeated `scale` times."""
+def grid_image(images, columns: int, scale: int = 1, gap: int = 2) -> "Image.Image":
+    """uint8 images (N, H, W, C) -> one image, `columns` per row, each pixel repeated `scale` times, tiles
+    `gap` (mid-grey) pixels apart so that dark-background images do not run into each other."""
     pixels = np.asarray(images)
+    if scale > 1:
+        pixels = pixels.repeat(scale, axis=1).repeat(scale, axis=2)
     n, h, w, c = pixels.shape
     rows = -(-n // columns)
-    grid = np.zeros((rows * h, columns * w, c), dtype=np.uint8)
+    grid = np.full((rows * (h + gap) - gap, columns * (w + gap) - gap, c), 128, dtype=np.uint8)
     for i in range(n):
         r, col = divmod(i, columns)
-        grid[r * h:(r + 1) * h, col * w:(col + 1) * w] = pixels[i]
-    if scale > 1:
-        grid = np.kron(grid, np.ones((scale, scale, 1), dtype=np.uint8))
+        top, left = r * (h + gap), col * (w + gap)
+        grid[top:top + h, left:left + w] = pixels[i]
     return Image.fromarray(grid[..., 0] if c == 1 else grid, "L" if c == 1 else "RGB")
 
 

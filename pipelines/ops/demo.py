@@ -9,6 +9,7 @@ what each class's mean image scores (no diversity), logged to the training run a
 """
 
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ def log_summary(tracking: str, run_id: str, rows: list[tuple], version):
     from ..tracking import connect, log_params
 
     client, _ = connect(tracking)
-    slug = {name: name.split(" (")[0].replace(" ", "_").replace("-", "") for name, *_ in rows}
+    slug = {name: re.sub(r"[^a-z0-9]+", "_", name.split(" (")[0].lower()).strip("_") for name, *_ in rows}
     values = {f"demo.{slug[name]}.{what}": value for name, *numbers in rows
               for what, value in zip(("fd", "precision", "recall"), numbers)}
     for key, value in values.items():

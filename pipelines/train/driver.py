@@ -233,7 +233,9 @@ def run_train(spec: TrainSpec) -> int:
 def register_result(spec: TrainSpec, run: Prepared, result, tracking_uri, run_id):
     from ..models.registry import register_checkpoint
 
-    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))}
+    # the state it was registered at: its step, the readable curves, and quick_fd where measured
+    metrics = {k: v for k, v in (result.metrics or {}).items() if isinstance(v, (int, float))
+               and (k in ("step", "mse_u", "mse_v") or k.startswith("quick_fd"))}
     with result.checkpoint.as_directory() as directory:
         version = register_checkpoint(directory, spec.register, tracking_uri, run.manifest, run_id=run_id,
                                       metrics=metrics, config=run.cfg.to_dict())

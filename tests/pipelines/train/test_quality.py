@@ -37,6 +37,7 @@ def test_a_short_training_makes_diverse_one_step_digits():
     noise = torch.randn((1000, 1, 8, 8), generator=torch.Generator().manual_seed(1))
     images = as_rgb_uint8(generate(net, PixelCodec(1), noise, test_labels, omega=1.0, steps=1))
     ours = evaluate_images(images, test_labels.numpy(), reference=digits_reference(), metrics="fd_pixels,pr_pixels")
+    print(f"1-NFE after {STEPS} steps: {ours}")
     means = digits_baselines(1000)["class means"]
     fd, recall = ours["fd_pixels_digits_test"], ours["recall_k3_pixels_digits_test"]
     assert means["recall_k3_pixels_digits_test"] == 0.0 and means["fd_pixels_digits_test"] > 5
