@@ -22,7 +22,7 @@ class Progress:
     def __init__(self, what: str, total: int, unit: str, every_s: float = 10.0, done: int = 0, stream=None):
         self.what, self.total, self.unit, self.every_s = what, total, unit, every_s
         self.start, self.first, self.last_print = time.time(), done, 0.0
-        self.stream = stream or sys.stdout
+        self.stream = stream  # None: sys.stdout at print time (a Tune callback holding it must pickle)
 
     def line(self, done: int, extra: str = "") -> str:
         elapsed = time.time() - self.start
@@ -37,4 +37,4 @@ class Progress:
         now = time.time()
         if force or done >= self.total or now - self.last_print >= self.every_s:
             self.last_print = now
-            print(self.line(done, extra), file=self.stream, flush=True)
+            print(self.line(done, extra), file=self.stream or sys.stdout, flush=True)

@@ -123,7 +123,7 @@ def run_tune(args: TuneSpec) -> int:
     try:
         start_ray(args.address)
         gpus, cpus = worker_resources(args.trial_spec(space.base))
-        trial = asdict(args.trial_spec(None, gpus_per_worker=gpus, cpus_per_worker=cpus))
+        trial = asdict(args.trial_spec(None, data=data, gpus_per_worker=gpus, cpus_per_worker=cpus))
         setup = {"base": space.base, "sweep": sweep, "tracking_uri": tracking_uri, "experiment_id": exp,
                  "parent_run_id": parent, "train_storage": _join(storage, sweep, "train"), "spec": trial}
         grace = args.grace or settings["train.eval_every"]

@@ -101,9 +101,9 @@ def test_a_request_gives_the_bytes_of_imf_sample(server, sampled):
     status, head, body = call(server.port, {"class": int(labels[4]), "seed": 7, "indices": [4]})
     assert status == 200 and head["Content-Type"] == "image/png" and np.array_equal(png_pixels(body), images[4])
     status, head, body = call(server.port, {"class": CLASSES, "seed": 7, "count": 4})
-    grid = png_pixels(body)  # 2 x 2 grid of 8 x 8 images
-    assert grid.shape == (16, 16, 3) and head["X-IMF-Images"] == "4"
-    assert np.array_equal(grid[:8, 8:], images[1]) and np.array_equal(grid[8:, :8], images[2])
+    grid = png_pixels(body)  # 2 x 2 grid of 8 x 8 images, 2 pixels apart
+    assert grid.shape == (18, 18, 3) and head["X-IMF-Images"] == "4"
+    assert np.array_equal(grid[:8, 10:], images[1]) and np.array_equal(grid[10:, :8], images[2])
 
     status, head, body = call(server.port, {"class": ["c", "a"], "seed": 7, "count": 2, "format": "json"})
     answer = json.loads(body)

@@ -65,8 +65,8 @@ def test_answers_in_each_format():
     body, media = encode(one, "png")
     assert media == "image/png" and np.array_equal(np.asarray(Image.open(io.BytesIO(body))), one["images"][0])
     grid = np.asarray(Image.open(io.BytesIO(encode(five, "png")[0])))
-    assert grid.shape == (8, 12, 3)  # 3 columns, 2 rows, the rest black
-    assert np.array_equal(grid[4:8, 4:8], five["images"][4]) and not grid[4:8, 8:].any()
+    assert grid.shape == (10, 16, 3)  # 3 columns, 2 rows, 2-pixel grey gaps, the empty tile grey
+    assert np.array_equal(grid[6:10, 6:10], five["images"][4]) and (grid[6:10, 10:] == 128).all()
     saved = np.load(io.BytesIO(encode(five, "npz")[0]))
     assert np.array_equal(saved["arr_0"], five["images"]) and saved["indices"].tolist() == list(range(5))
     answer = json.loads(encode(five, "json")[0])
