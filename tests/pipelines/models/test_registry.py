@@ -27,7 +27,7 @@ def test_versions_aliases_and_a_pyfunc_that_makes_the_same_images(tmp_path, stor
     first = fake_checkpoint(tmp_path / "c1", seed=1)
     v1 = register_checkpoint(first, "digits", store, metrics={"quick_fd": 3.5}, config={"a": 1})
     assert sorted(v1.aliases) == ["challenger", "champion"]
-    v2 = register_checkpoint(fake_checkpoint(tmp_path / "c2", seed=2), "digits", store)
+    register_checkpoint(fake_checkpoint(tmp_path / "c2", seed=2), "digits", store)
     client = MlflowClient(store)
     assert {k: str(v) for k, v in client.get_registered_model("digits").aliases.items()} == {"champion": "1", "challenger": "2"}
     assert client.get_model_version("digits", "1").tags["metric.quick_fd"] == "3.5"
