@@ -1,0 +1,50 @@
+"""Training from latents in a bucket (streamed by Ray Data), checkpoints into a bucket, and a resume from
+there, on a real S3 API (moto's HTTP server on 127.0.0.1)."""
+
+import json
+
+import pytest
+from safetensors.torch import load_file
+
+from pipelines import cli
+from tests.pipelines.train_helpers import batch_log, digits_tree, write_config
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def train(data, config, storage, name, tmp_path, debug, *extra):
+    return cli.main(["train", "--data", data, "--config", str(config), "--workers", "2", "--storage", storage,
+                     "--name", name, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--debug-dir", str(debug),
+                     *extra])
+
+
+def test_train_streams_bucket_latents_checkpoints_into_the_bucket_and_resumes(s3, ray_session, tmp_path, capsys):
+    bucket = s3.bucket()
+    images = digits_tree(tmp_path / "images")
+    assert cli.main(["encode", "--images", str(images), "--out", f"{bucket}/latents", "--codec", "pixels",
+                     "--resolution", "8", "--endpoint-url", s3.endpoint]) == 0
+    # data_in_memory_gb 0: Ray Data's read_parquet streams the shards from the bucket to the workers.
+    first = write_config(tmp_path / "first.yaml", max_steps=2, checkpoint_every=2, data_in_memory_gb=0.0)
+    full = write_config(tmp_path / "full.yaml", max_steps=4, checkpoint_every=2, data_in_memory_gb=0.0)
+    debug = tmp_path / "debug"
+    debug.mkdir()
+    assert train(f"{bucket}/latents", first, f"{bucket}/runs", "s3run", tmp_path, debug) == 0
+    keys = s3.keys(f"{bucket}/runs/s3run")
+    checkpoints = sorted({k.split("/")[0] for k in keys if k.startswith("checkpoint_")})
+    assert len(checkpoints) == 1 and f"{checkpoints[0]}/progress.json" in keys and "imf_run.json" in keys
+    progress = json.loads(s3.read(f"{bucket}/runs/s3run/{checkpoints[0]}/progress.json"))
+    assert progress["step"] == 2
+    assert f"latest checkpoint: {bucket.removeprefix('s3://')}/runs/s3run/checkpoint_" in capsys.readouterr().out
+
+    assert train(f"{bucket}/latents", full, f"{bucket}/runs", "s3run", tmp_path, debug, "--resume", "s3run") == 0
+    assert [e["step"] for e in batch_log(debug, 0)] == [0, 1, 2, 3]  # steps 2 and 3 after the resume only
+    assert [e["step"] for e in batch_log(debug, 1)] == [0, 1, 2, 3]
+    resumed = load_file(str(debug / "params_rank0.safetensors"))
+
+    # The same four steps without a break, from the same bucket into a local folder: the same weights.
+    whole = tmp_path / "whole_debug"
+    whole.mkdir()
+    assert train(f"{bucket}/latents", full, str(tmp_path / "runs"), "whole", tmp_path, whole) == 0
+    assert batch_log(whole, 0) == batch_log(debug, 0)
+    reference = load_file(str(whole / "params_rank0.safetensors"))
+    assert all((reference[k] == resumed[k]).all() for k in reference)
