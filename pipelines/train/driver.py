@@ -252,11 +252,17 @@ def register_result(spec: TrainSpec, run: Prepared, result, tracking_uri, run_id
     print(f"registered models:/{version.name}/{version.version} (aliases: {', '.join(version.aliases)})")
 
 
+def as_uri(storage, path: str) -> str:
+    """A checkpoint path as Ray reports it (inside its filesystem) -> the URI a user passes on (s3://...)."""
+    scheme = str(storage).split("://")[0] if "://" in str(storage) else None
+    return f"{scheme}://{path}" if scheme and "://" not in path else path
+
+
 def finish(tracker, result, tracking_uri, run_name, storage, nonfinite=None) -> int:
-    checkpoints = [c.path for c, _ in (result.best_checkpoints or [])]
+    checkpoints = [as_uri(storage, c.path) for c, _ in (result.best_checkpoints or [])]
     for i, path in enumerate(checkpoints):
         tracker.tag(f"checkpoint.{i}", path)
-    latest = result.checkpoint.path if result.checkpoint else None
+    latest = as_uri(storage, result.checkpoint.path) if result.checkpoint else None
     if latest:
         tracker.tag("checkpoint.latest", latest)
     if nonfinite is not None:
