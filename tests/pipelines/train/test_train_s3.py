@@ -43,6 +43,12 @@ def test_train_streams_bucket_latents_checkpoints_into_the_bucket_and_resumes(s3
     weights = [k for k in keys if k.endswith("model/model.safetensors")]
     assert len(weights) == 2 and all(s3.read(f"{bucket}/runs/s3run/{k}")[:8] for k in weights)
 
+    # A checkpoint in the bucket registers like a local one.
+    latest = f"{bucket}/runs/s3run/{checkpoints(keys)[-1]}"
+    assert cli.main(["models", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "register", latest, "--name",
+                     "s3model", "--data", f"{bucket}/latents"]) == 0
+    assert "registered s3model version 1" in capsys.readouterr().out
+
 
 def checkpoints(keys) -> list[str]:
     """The checkpoint folders among a run's keys, oldest first."""
