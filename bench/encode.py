@@ -3,7 +3,9 @@
 Both sides use the same code (decode_shard, write_encoded_shard), the same codec, shards and
 decode parallelism: the bare loop decodes shards in a process pool of --workers and runs one
 codec replica in the main process; the Ray side gets --workers CPUs for decode tasks plus
-one codec actor. Prints images/s of each and the ratio Ray / bare (target >= 0.9).
+one codec actor. Prints images/s of each and the ratio Ray / bare (target >= 0.9). A third row reads
+the same images from, and writes the shards to, a bucket on a local S3 server (moto's, over HTTP on
+127.0.0.1): the cost of the object-storage path beside the local one (--no-s3 skips it).
     python bench/encode.py                                   # CPU, pixel codec, synthetic JPEGs
     python bench/encode.py --codec sd-vae --resolution 256   # SD-VAE architecture (random weights)
 Without --images it writes a synthetic class-folder tree of JPEGs of mixed sizes.
@@ -12,6 +14,7 @@ Without --images it writes a synthetic class-folder tree of JPEGs of mixed sizes
 import argparse
 import multiprocessing
 import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -20,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.data.images import decode_shard
+from pipelines.data.sources import decode_shard
 from imf_core.codecs import codec_from_description
 from pipelines.data.encode import plan_encode, run_encode, write_encoded_shard
 from pipelines.runtime import start_ray
@@ -48,8 +51,8 @@ def sd_vae_architecture(path: Path) -> str:
 
 
 def _decode_job(job):
-    root, resolution, shard, paths, indices, labels = job
-    return shard, decode_shard(root, paths, indices, labels, resolution)
+    source, resolution, shard, paths, where, indices, labels = job
+    return shard, decode_shard(source, paths, where, indices, labels, resolution)
 
 
 def bare_loop(plan, workers: int, batch_size: int, dtype: str) -> tuple:
@@ -61,8 +64,8 @@ def bare_loop(plan, workers: int, batch_size: int, dtype: str) -> tuple:
     jobs = []
     for k in range(plan.num_shards):
         index = range(k * plan.shard_size, min((k + 1) * plan.shard_size, len(plan.files)))
-        jobs.append((str(plan.images), plan.resolution, k, [plan.files[i][0] for i in index], list(index),
-                     [plan.files[i][1] for i in index]))
+        jobs.append((plan.source, plan.resolution, k, [plan.files[i][0] for i in index],
+                     [plan.where[i] for i in index], list(index), [plan.files[i][1] for i in index]))
     encoded, first = 0, None
     with multiprocessing.get_context("fork").Pool(workers) as pool:
         for shard, decoded in pool.imap(_decode_job, jobs):
@@ -78,6 +81,29 @@ def steady_rate(images: int, seconds: float, first: tuple) -> float:
     return (images - first[1]) / max(seconds - first[0], 1e-9)
 
 
+def s3_run(images: Path, args, vae) -> tuple:
+    """The same encode with --images and --out in a bucket of a local S3 server (moto, HTTP on 127.0.0.1).
+    The upload is not timed; the listing, the reads and the shard writes are. -> (images, seconds, first)."""
+    import os
+
+    from tests.s3_server import S3Server
+
+    server = S3Server()
+    os.environ["AWS_ENDPOINT_URL"] = server.endpoint
+    try:
+        bucket = server.bucket("bench")
+        server.upload(images, f"{bucket}/images")
+        start = time.time()
+        plan = plan_encode(f"{bucket}/images", f"{bucket}/latents", codec=args.codec, vae=vae,
+                           resolution=args.resolution, shard_size=args.shard_size)
+        listed = time.time() - start
+        summary = run_encode(plan, actors=1, batch_size=args.batch_size, dtype=args.dtype)
+        print(f"  (S3: listing {len(plan.files)} objects took {listed:.2f} s, not in the row below)")
+        return summary["encoded_this_run"], summary["seconds"], summary["first_shard"]
+    finally:
+        server.stop()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--images", default=None, help="a class-folder tree (default: synthetic JPEGs)")
@@ -90,6 +116,7 @@ def main():
     parser.add_argument("--shard-size", type=int, default=100)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--dtype", default="float32")
+    parser.add_argument("--no-s3", action="store_true", help="skip the row through a local S3 server")
     args = parser.parse_args()
 
     scratch = Path(tempfile.mkdtemp(prefix="imf_bench_encode_"))
@@ -103,6 +130,11 @@ def main():
             return plan_encode(images, scratch / name, codec=args.codec, vae=vae, resolution=args.resolution,
                                shard_size=args.shard_size)
 
+        if not args.no_s3:
+            sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/s3_server.py
+            from tests.s3_server import use_test_keys
+
+            use_test_keys()  # fake keys for the local server, before Ray starts its workers with this environment
         gpu = torch.cuda.is_available()
         # The codec actor takes 1 CPU beside its GPU, or 2 CPUs without one (see encode.actor_pool).
         start_ray(None, num_cpus=args.workers + (1 if gpu else 2), object_store_bytes=2 << 30)
@@ -115,17 +147,23 @@ def main():
         bare_run = bare_loop(bare, args.workers, args.batch_size, args.dtype)
         summary = run_encode(plan("ray"), actors=1, batch_size=args.batch_size, dtype=args.dtype)
         ray_run = summary["encoded_this_run"], summary["seconds"], summary["first_shard"]
+        rows = [("bare loop (process pool + codec)", bare_run), ("Ray Data (imf encode)", ray_run)]
+        if not args.no_s3:
+            rows.append(("Ray Data, S3 in and out (moto)", s3_run(images, args, vae)))
         print(f"\nencode {len(bare.files)} images, codec {args.codec}, {args.resolution} px, {args.workers} decode "
               f"workers, 1 codec replica on {'GPU' if gpu else 'CPU'}")
         print(f"{'':34s} {'images/s':>9s} {'seconds':>8s} {'1st shard at s':>15s} {'images/s after':>15s}")
-        for name, (n, seconds, first) in [("bare loop (process pool + codec)", bare_run),
-                                          ("Ray Data (imf encode)", ray_run)]:
+        for name, (n, seconds, first) in rows:
             after = steady_rate(n, seconds, first)
             print(f"  {name:32s} {n / seconds:9.1f} {seconds:8.1f} {first[0]:15.1f} {after:15.1f}")
         ratio = (ray_run[0] / ray_run[1]) / (bare_run[0] / bare_run[1])
         steady = steady_rate(*ray_run) / steady_rate(*bare_run)
         print(f"  ratio Ray / bare: {ratio:.3f} whole run (start-up included, mostly the codec actor's process and "
               f"imports), {steady:.3f} after the first shard   (target >= 0.9)")
+        if len(rows) > 2:
+            s3 = rows[2][1]
+            print(f"  ratio S3 / local (Ray Data): {(s3[0] / s3[1]) / (ray_run[0] / ray_run[1]):.3f} whole run, "
+                  f"{steady_rate(*s3) / steady_rate(*ray_run):.3f} after the first shard")
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 

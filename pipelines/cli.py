@@ -36,7 +36,10 @@ def add_shared_flags(parser, *, address=False, tracking=False, storage=None):
     tracking: False, True (the step always reads or writes MLflow), or a function(args) -> bool telling
       whether this run, without --tracking-uri, would use the local store (`imf submit` refuses those).
     storage: the default of --storage (checkpoints: a local folder or a URI), or None for no flag.
+    Every step takes --endpoint-url: the S3-compatible server its s3:// paths live on (storage.py).
     """
+    parser.add_argument("--endpoint-url", default=None, help="S3-compatible endpoint for s3:// paths, e.g. "
+                        "http://minio:9000 (default $AWS_ENDPOINT_URL, else AWS); keys come from the environment")
     if address:
         parser.add_argument("--address", default=None, help=ADDRESS_HELP if address is True else
                             "accepted like every step's; this step does not use Ray")
@@ -82,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if getattr(args, "endpoint_url", None):  # read by storage.Location; Ray workers get it with each Location
+        import os
+
+        os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
     try:
         status = args.func(args)
     except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as err:

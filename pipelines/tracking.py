@@ -130,6 +130,9 @@ class TolerantLogger:
     def artifact(self, path, artifact_path=None):
         self._guard("log artifact", self.client.log_artifact, self.run_id, str(path), artifact_path)
 
+    def dict(self, data: dict, artifact_file: str):
+        self._guard("log dict", self.client.log_dict, self.run_id, data, artifact_file)
+
     def tag(self, key, value):
         self._guard("set tag", self.client.set_tag, self.run_id, key, str(value))
 

@@ -3,6 +3,10 @@ import os
 import pytest
 import torch
 
+from tests.s3_server import S3Server, use_test_keys
+
+use_test_keys()  # before any Ray worker starts: the S3 tests' fake keys reach every worker
+
 # Local Ray instances of the tests listen on loopback only (read when Ray is first imported).
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
@@ -32,3 +36,17 @@ def ray_session():
     ray = start_ray(None, num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def s3():
+    """A real S3 API (moto's HTTP server) on a free port of 127.0.0.1; AWS_ENDPOINT_URL points at it."""
+    server = S3Server()
+    before = os.environ.get("AWS_ENDPOINT_URL")
+    os.environ["AWS_ENDPOINT_URL"] = server.endpoint
+    yield server
+    if before is None:
+        os.environ.pop("AWS_ENDPOINT_URL", None)
+    else:
+        os.environ["AWS_ENDPOINT_URL"] = before
+    server.stop()

@@ -15,7 +15,8 @@ from pathlib import Path
 from pipelines.config import config_from_dict
 from pipelines.errors import UserError
 from pipelines.tracking import connect, experiment_id, log_params
-from pipelines.train.driver import TrainSpec, prepare, storage_root, worker_resources
+from pipelines.storage import Location
+from pipelines.train.driver import TrainSpec, prepare, ray_storage, storage_root, worker_resources
 from pipelines.train.schedule import total_steps
 
 from .space import apply, check, load_space
@@ -112,7 +113,7 @@ def run_tune(args: TuneSpec) -> int:
     sweep = args.name or f"tune-{space.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     model_name = args.register or f"imf-{space.name}"
     client, tracking_uri = connect(args.tracking_uri)
-    data = str(Path(args.data).resolve())
+    data = str(Location.of(args.data))
     model = run.cfg.model.name.replace("/", "-")
     exp = experiment_id(client, args.experiment or f"imf/{run.dataset}/{model}", tracking_uri)
     parent = open_parent(client, exp, sweep, space, args, settings, model_name, run, data)
@@ -180,7 +181,7 @@ def fit(space, setup, args, storage, sweep, grace, max_concurrent):
                                                                      random_state=args.seed)),
         # verbose 0: Tune's status tables (which cut column names and round small values to 0.) give way to
         # one progress line per finished trial; the full table is printed and logged at the end.
-        run_config=tune.RunConfig(name=sweep, storage_path=str(storage), verbose=0,
+        run_config=tune.RunConfig(name=sweep, **ray_storage(storage), verbose=0,
                                   callbacks=[trial_progress(args.trials)]),
     )
     return tuner.fit()
@@ -261,11 +262,9 @@ def _local_checkpoint(path, storage):
         if not Path(path).is_dir():
             raise UserError(f"the best checkpoint {path} is gone; was {storage} cleaned during the sweep?")
         return contextlib.nullcontext(path)
-    import pyarrow.fs
     from ray.train import Checkpoint
 
-    filesystem, _ = pyarrow.fs.FileSystem.from_uri(str(storage))
-    return Checkpoint(path, filesystem=filesystem).as_directory()
+    return Checkpoint(path, filesystem=Location.of(storage).fs).as_directory()
 
 
 def register(steps):

@@ -1,12 +1,14 @@
-"""`imf encode`: a class-folder image tree -> Parquet shards of posterior moments, with Ray Data.
+"""`imf encode`: images (class folders, WebDataset tars or Parquet; sources.py) -> Parquet shards of
+posterior moments, with Ray Data. Input and output are local folders or bucket prefixes alike.
 
-The file list (sorted, see datasets.py) is cut into shards of `shard_size` consecutive
+The file list (numbered, see sources.py) is cut into shards of `shard_size` consecutive
 files; shard k always holds the files k*shard_size ... (k+1)*shard_size - 1, so a re-run
 into the same folder knows which shards exist and encodes only the missing ones. The
 Ray Data job streams one row per missing shard through two stages:
     decode (CPU tasks): read, convert to RGB and centre-crop the shard's images, note rejects
     encode (actor pool: one GPU each, or CPU actors): codec moments (and mirrored ones), then
-            write the shard atomically (temporary name, then rename)
+            write the shard whole (local: temporary name, then rename; a bucket: one upload)
+The manifest is written last; nothing reads a shard that it does not list.
 Shards are written by the actors rather than by Dataset.write_parquet because a shard must
 be one fixed set of files to be resumable; the driver only receives one small row per shard.
 Format and reader: shards.py.
@@ -26,21 +28,22 @@ from imf_core.codecs import CODECS, codec_from_description, make_codec
 
 from ..errors import UserError
 from ..progress import Progress
-from ..storage import write_json
-from .images import CROP, DATASET_MARKER, decode_shard_row, list_image_tree
+from ..storage import Location, read_json, write_json
+from .images import CROP, DATASET_MARKER
+from .sources import FORMATS, decode_shard_row, list_images
 from .shards import MANIFEST, PLAN, SHARD_DIR, moments_array, shard_metadata, shard_path, shard_table, write_shard
 
 DEFAULT_SHARD_SIZE = 512
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
-COMPARED = ("codec", "resolution", "crop", "latent_shape", "flip", "shard_size", "class_names", "files", "files_sha256")
+COMPARED = ("format", "codec", "resolution", "crop", "latent_shape", "flip", "shard_size", "class_names", "files", "files_sha256")
 
 
 @dataclass
 class Plan:
-    images: Path
-    out: Path
+    images: Location
+    out: Location
     class_names: list
-    files: list  # [(path relative to images, label)], index = position
+    files: list  # [(reference, label)], index = position (sources.py)
     codec: dict  # codec.describe()
     resolution: int
     latent_shape: list
@@ -48,6 +51,15 @@ class Plan:
     shard_size: int
     dataset: str = ""  # what the images are (names MLflow experiments): the tree's marker, or its folder name
     existing: set = field(default_factory=set)
+    format: str = "folders"
+    where: list = field(default_factory=list)  # per file: (offset, size) in its tar, or (row, 0) in its Parquet file
+    image_column: str | None = None
+    single: bool = False  # --images is one tar or Parquet file
+
+    @property
+    def source(self) -> dict:
+        """What decode tasks need to read the images."""
+        return {"root": self.images, "format": self.format, "image_column": self.image_column, "single": self.single}
 
     @property
     def num_shards(self) -> int:
@@ -62,7 +74,7 @@ class Plan:
         return hashlib.sha256("\n".join(f"{p}\t{label}" for p, label in self.files).encode()).hexdigest()
 
     def settings(self) -> dict:
-        return {"images": str(self.images), "codec": self.codec, "resolution": self.resolution, "crop": CROP,
+        return {"images": str(self.images), "format": self.format, "codec": self.codec, "resolution": self.resolution, "crop": CROP,
                 "latent_shape": self.latent_shape, "flip": self.flip, "shard_size": self.shard_size,
                 "class_names": self.class_names, "files": len(self.files), "files_sha256": self.files_sha256}
 
@@ -80,43 +92,25 @@ def _describe(settings: dict) -> str:
 
 
 def plan_encode(images, out, codec: str = "pixels", vae=None, resolution: int = 256, flip: bool = False,
-                shard_size: int | None = None, grayscale: bool = False) -> Plan:
+                shard_size: int | None = None, grayscale: bool = False, format: str | None = None,
+                image_column: str | None = None, label_column: str | None = None) -> Plan:
     """Check every input and the output folder, before Ray starts; raises UserError. Writes nothing
-    (only removes temporary files of writes that a killed run left in `out`)."""
-    images, out = Path(images).absolute(), Path(out).absolute()
+    (only removes temporary files of writes that a killed run left in a local `out`)."""
+    images, out = Location.of(images), Location.of(out).check_writable("--out")
     if resolution < 1:
         raise UserError(f"--resolution {resolution} must be a positive number of pixels (e.g. 256)")
-    class_names, files = list_image_tree(images)
-    if codec == "sd-vae" and not vae:
-        vae = DEFAULT_VAE
-    if vae and Path(vae).is_dir():
-        vae = str(Path(vae).absolute())  # Ray workers do not share the driver's working directory
-    try:
-        model = make_codec(codec, weights=vae, channels=1 if grayscale else 3)
-        latent_shape = list(model.latent_shape(resolution))
-    except FileNotFoundError as err:
-        raise UserError(f"--vae: {err}") from None
-    except ValueError as err:
-        raise UserError(f"--codec {codec} --resolution {resolution}: {err}") from None
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file: pass a folder for the shards")
-    previous = out / PLAN
-    if previous.is_file():
-        try:
-            before = json.loads(previous.read_text())
-        except json.JSONDecodeError:
-            raise UserError(f"{previous} is damaged: delete {out} to start over, or choose another --out") from None
-        shard_size = shard_size or before.get("shard_size")
-    elif out.is_dir() and (any((out / SHARD_DIR).glob("*.parquet")) or (out / MANIFEST).exists()):
-        raise UserError(f"--out {out} holds shards without {PLAN} (not written by this `imf encode`): "
-                        "choose another --out, or empty it")
-    plan = Plan(images, out, class_names, files, model.describe(), resolution, latent_shape, flip,
-                shard_size or DEFAULT_SHARD_SIZE, dataset=dataset_name(images))
+    listing = list_images(images, format, image_column, label_column)
+    model, latent_shape = _codec(codec, vae, resolution, grayscale)
+    before = _previous_plan(out)
+    shard_size = shard_size or (before or {}).get("shard_size")
+    plan = Plan(images, out, listing.class_names, listing.files, model.describe(), resolution, latent_shape, flip,
+                shard_size or DEFAULT_SHARD_SIZE, dataset=dataset_name(images), format=listing.format,
+                where=listing.where, image_column=listing.image_column, single=images.is_file())
     if plan.shard_size < 1:
         raise UserError(f"--shard-size {plan.shard_size} must be at least 1")
-    if previous.is_file():
+    if before is not None:
         now = plan.settings()
-        changed = [key for key in COMPARED if before.get(key) != now[key]]
+        changed = [key for key in COMPARED if before.get(key, "folders" if key == "format" else None) != now[key]]
         if changed:
             raise UserError(f"--out {out} holds an encode with other settings (changed: {', '.join(changed)}): "
                             f"it has {_describe(before)}; this run asks for {_describe(now)}. "
@@ -125,24 +119,57 @@ def plan_encode(images, out, codec: str = "pixels", vae=None, resolution: int = 
     return plan
 
 
-def dataset_name(images: Path) -> str:
-    """The name a tree gives itself in `.imf_dataset.json` (`imf data` writes one), else its folder's name."""
-    marker = images / DATASET_MARKER
+def _codec(codec: str, vae, resolution: int, grayscale: bool):
+    """(codec, latent shape) for the flags; UserError for missing weights or a resolution it cannot take."""
+    if codec == "sd-vae" and not vae:
+        vae = DEFAULT_VAE
+    if vae and Path(vae).is_dir():
+        vae = str(Path(vae).absolute())  # Ray workers do not share the driver's working directory
     try:
-        return str(json.loads(marker.read_text())["dataset"])
+        model = make_codec(codec, weights=vae, channels=1 if grayscale else 3)
+        return model, list(model.latent_shape(resolution))
+    except FileNotFoundError as err:
+        raise UserError(f"--vae: {err}") from None
+    except ValueError as err:
+        raise UserError(f"--codec {codec} --resolution {resolution}: {err}") from None
+
+
+def _previous_plan(out: Location) -> dict | None:
+    """The plan of an earlier encode into `out`, or None; UserError for a file, a damaged plan or foreign shards."""
+    if out.is_file():
+        raise UserError(f"--out {out} is a file: pass a folder for the shards")
+    previous = out / PLAN
+    if previous.is_file():
+        try:
+            return read_json(previous)
+        except json.JSONDecodeError:
+            raise UserError(f"{previous} is damaged: delete {out} to start over, or choose another --out") from None
+    if any(f.endswith(".parquet") for f in (out / SHARD_DIR).files()) or (out / MANIFEST).exists():
+        raise UserError(f"--out {out} holds shards without {PLAN} (not written by this `imf encode`): "
+                        "choose another --out, or empty it")
+    return None
+
+
+def dataset_name(images: Location) -> str:
+    """The name a tree gives itself in `.imf_dataset.json` (`imf data` writes one), else its folder's name."""
+    try:
+        return str(read_json(images / DATASET_MARKER)["dataset"])
     except (OSError, ValueError, KeyError, TypeError):
-        return images.name
+        name = images.name
+        return name.rsplit(".", 1)[0] if images.is_file() else name
 
 
 def _complete_shards(plan: Plan) -> set:
-    """Shards already on disk with readable metadata; leftovers of killed writes are removed."""
+    """Shards already written with readable metadata; leftovers of killed local writes are removed."""
     done = set()
-    for leftover in (plan.out / SHARD_DIR).glob(".shard-*.tmp-*"):
-        leftover.unlink(missing_ok=True)
+    if plan.out.is_local:
+        for leftover in (plan.out.local_path() / SHARD_DIR).glob(".shard-*.tmp-*"):
+            leftover.unlink(missing_ok=True)
+    written = set((plan.out / SHARD_DIR).files(recursive=False))
     for k in range(plan.num_shards):
         path = shard_path(plan.out, k)
         try:
-            if path.is_file() and shard_metadata(path).get("shard") == k:
+            if path.name in written and shard_metadata(path).get("shard") == k:
                 done.add(k)
         except Exception:  # unreadable footer: encode it again
             pass
@@ -187,7 +214,7 @@ def write_encoded_shard(codec, out, meta: dict, shard: int, decoded: dict, batch
 class ShardEncoder:
     """Ray Data actor: encodes whole shards with one codec replica and writes them."""
 
-    def __init__(self, out: str, meta: dict, batch_size: int, dtype: str):
+    def __init__(self, out: Location, meta: dict, batch_size: int, dtype: str):
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.codec = codec_from_description(meta["codec"], self.device, dtype=getattr(torch, dtype))
         self.out, self.meta, self.batch_size = out, meta, batch_size
@@ -222,12 +249,13 @@ def encode_dataset(plan: Plan, missing: list, size: int, per_actor: dict, batch_
     for k in missing:
         index = range(k * plan.shard_size, min((k + 1) * plan.shard_size, len(plan.files)))
         rows.append({"shard": k, "index": list(index), "path": [plan.files[i][0] for i in index],
-                     "label": [plan.files[i][1] for i in index]})
+                     "label": [plan.files[i][1] for i in index], "offset": [int(plan.where[i][0]) for i in index],
+                     "size": [int(plan.where[i][1]) for i in index]})
     ds = ray.data.from_items(rows, override_num_blocks=len(rows))
     ds = ds.map_batches(decode_shard_row, batch_size=1, num_cpus=1,
-                        fn_kwargs={"root": str(plan.images), "resolution": plan.resolution})
+                        fn_kwargs={"source": plan.source, "resolution": plan.resolution})
     return ds.map_batches(ShardEncoder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size), **per_actor,
-                          fn_constructor_kwargs={"out": str(plan.out), "meta": plan.shard_meta(),
+                          fn_constructor_kwargs={"out": plan.out, "meta": plan.shard_meta(),
                                                  "batch_size": batch_size, "dtype": dtype})
 
 
@@ -240,7 +268,7 @@ def run_encode(plan: Plan, address=None, actors: int | None = None, batch_size: 
     write_json(plan.out / PLAN, plan.settings())
     missing = plan.missing
     if missing:
-        (plan.out / MANIFEST).unlink(missing_ok=True)
+        (plan.out / MANIFEST).delete()
     say(f"imf encode: {len(plan.files)} files in {len(plan.class_names)} classes -> {plan.num_shards} shards of "
         f"{plan.shard_size}; {len(plan.existing)} already done, {len(missing)} to encode ({_describe(plan.settings())})")
     start, encoded, rejected, first = time.time(), 0, 0, None
@@ -281,7 +309,7 @@ def write_manifest(plan: Plan) -> dict:
     for k in range(plan.num_shards):
         path = shard_path(plan.out, k)
         meta = shard_metadata(path)
-        shards.append(str(path.relative_to(plan.out)))
+        shards.append(f"{SHARD_DIR}/{path.name}")
         rejects += meta["rejects"]
         encoded += meta["encoded"]
         if meta["stats"]["count"]:
@@ -303,7 +331,8 @@ def write_manifest(plan: Plan) -> dict:
 
 def _main(args):
     plan = plan_encode(args.images, args.out, codec=args.codec, vae=args.vae, resolution=args.resolution,
-                       flip=args.flip, shard_size=args.shard_size, grayscale=args.grayscale)
+                       flip=args.flip, shard_size=args.shard_size, grayscale=args.grayscale, format=args.format,
+                       image_column=args.image_column, label_column=args.label_column)
     if args.tracking_uri:
         from ..tracking import connect
 
@@ -329,16 +358,25 @@ def log_encode(tracking_uri, plan: Plan, summary: dict):
     seconds = summary["seconds"]
     logger.metrics({"encoded": summary["encoded"], "rejected": summary["rejected"],
                     "images_per_s": summary["encoded_this_run"] / max(seconds, 1e-9)}, step=0)
-    logger.artifact(plan.out / MANIFEST)
+    if plan.out.is_local:
+        logger.artifact(plan.out.local_path() / MANIFEST)
+    else:
+        logger.dict(read_json(plan.out / MANIFEST), MANIFEST)
     logger.terminate("FINISHED")
 
 
 def register(steps):
     from ..cli import add_shared_flags
 
-    parser = steps.add_parser("encode", help="encode a class-folder image tree to latent Parquet shards (Ray Data)")
-    parser.add_argument("--images", required=True, help="one sub-folder per class (ImageNet's train layout)")
-    parser.add_argument("--out", required=True, help="output folder; re-run into it to finish an interrupted encode")
+    parser = steps.add_parser("encode", help="encode images (class folders, WebDataset tars, Parquet) to latent "
+                              "Parquet shards (Ray Data)")
+    parser.add_argument("--images", required=True, help="a folder or bucket prefix (s3://..., gs://...): one "
+                        "sub-folder per class (ImageNet's train layout), WebDataset .tar shards, or Parquet files")
+    parser.add_argument("--format", choices=FORMATS, default=None, help="layout of --images (default: detected)")
+    parser.add_argument("--image-column", default=None, help="parquet: the image-bytes column (default: detected)")
+    parser.add_argument("--label-column", default=None, help="parquet: the class-index column (default: label, ...)")
+    parser.add_argument("--out", required=True, help="output folder or bucket prefix; re-run into it to finish an "
+                        "interrupted encode")
     parser.add_argument("--codec", choices=list(CODECS), default="sd-vae")
     parser.add_argument("--vae", default=None,
                         help="sd-vae weights: a save_pretrained folder or a hub id already in the local cache "

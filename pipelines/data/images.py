@@ -6,7 +6,7 @@ sorted list of class folders; image index = position in the list of all files so
 by (class index, path), so every run over the same tree numbers files alike.
 """
 
-import json
+import io
 import os
 from pathlib import Path
 
@@ -17,32 +17,44 @@ from ..errors import UserError
 
 CROP = "adm-center"
 DATASET_MARKER = ".imf_dataset.json"  # optional: {"dataset": NAME} (hidden files are not images)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
 def list_image_tree(root) -> tuple[list[str], list[tuple[str, int]]]:
-    """-> (class names, [(path relative to root, label)]) sorted by (label, path); hidden files skipped."""
-    root = Path(root)
+    """-> (class names, [(path relative to root, label)]) sorted by (label, path); hidden files skipped.
+    root: a local folder or a Location (a bucket prefix: its "folders" are the key prefixes)."""
+    from ..storage import Location
+
+    root = Location.of(root)
     hint = "pass a folder with one sub-folder per class (ImageNet's train layout), or make one with `imf data embedded --out DIR`"
     if not root.exists():
         raise UserError(f"image folder {root} does not exist: {hint}")
     if not root.is_dir():
         raise UserError(f"image folder {root} is a file, not a folder: {hint}")
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    classes = [name for name in root.dirs() if not name.startswith(".")]
     if not classes:
-        what = "is empty" if not any(root.iterdir()) else "has no class sub-folders"
+        what = "is empty" if not (root.files(recursive=False) or root.dirs()) else "has no class sub-folders"
         raise UserError(f"image folder {root} {what}: {hint}")
     files = []
     for label, name in enumerate(classes):
-        found = []
-        for folder, subdirs, names in os.walk(root / name, followlinks=True):
-            subdirs[:] = [d for d in subdirs if not d.startswith(".")]
-            found += [os.path.relpath(os.path.join(folder, n), root) for n in names if not n.startswith(".")]
-        files += [(rel, label) for rel in sorted(found)]
+        files += [(f"{name}/{rel}", label) for rel in _tree_files(root.join(name))]
     if not files:
         raise UserError(f"the class folders of {root} ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}) "
                         f"hold no files: put the images inside them")
     return classes, files
+
+
+def _tree_files(folder) -> list[str]:
+    """Paths relative to `folder` of its files, hidden ones (and those in hidden folders) skipped, sorted.
+    Local folders follow symbolic links."""
+    if not folder.is_local:
+        return [rel for rel in folder.files() if not any(part.startswith(".") for part in rel.split("/"))]
+    found = []
+    for base, subdirs, names in os.walk(folder.path, followlinks=True):
+        subdirs[:] = [d for d in subdirs if not d.startswith(".")]
+        found += [os.path.relpath(os.path.join(base, n), folder.path) for n in names if not n.startswith(".")]
+    return sorted(found)
 
 
 def to_rgb(image: Image.Image) -> Image.Image:
@@ -70,13 +82,13 @@ def center_crop(image: Image.Image, size: int) -> np.ndarray:
     return pixels[top:top + size, left:left + size]
 
 
-def load_image(path, size: int) -> np.ndarray:
-    """Read, convert to RGB and centre-crop one image; raises ValueError with a readable reason."""
+def decode_image(data: bytes, size: int) -> np.ndarray:
+    """Decode, convert to RGB and centre-crop one image's bytes; raises ValueError with a readable reason."""
     try:
-        if os.path.getsize(path) == 0:
+        if len(data) == 0:
             reason = "empty file (0 bytes)"
         else:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(data)) as image:
                 image.load()  # decodes now: truncated files fail here, not later
                 return center_crop(to_rgb(image), size)
     except Image.UnidentifiedImageError:
@@ -86,27 +98,11 @@ def load_image(path, size: int) -> np.ndarray:
     raise ValueError(reason)
 
 
-def decode_shard(root, paths, indices, labels, resolution: int) -> dict:
-    """Load and crop one shard's images. -> index, label, pixels uint8 (N, R, R, 3), rejects [{path, reason}]."""
-    pixels, kept, rejects = [], [], []
-    for i, rel in enumerate(paths):
-        try:
-            pixels.append(load_image(os.path.join(root, rel), resolution))
-            kept.append(i)
-        except ValueError as err:
-            rejects.append({"path": str(rel), "reason": str(err)})
-    stack = np.stack(pixels) if pixels else np.zeros((0, resolution, resolution, 3), np.uint8)
-    return {"index": np.asarray(indices, np.int64)[kept], "label": np.asarray(labels, np.int32)[kept],
-            "pixels": stack, "rejects": rejects}
+def load_image(path, size: int) -> np.ndarray:
+    """decode_image of a file (a local path or a Location)."""
+    from ..storage import Location
 
-
-def decode_shard_row(batch: dict, root: str, resolution: int) -> dict:
-    """Ray Data stage of `imf encode`: one shard row (paths) -> one shard row (pixels). Lives here,
-    not in encode.py, so that decode workers do not import torch."""
-    decoded = decode_shard(root, batch["path"][0], batch["index"][0], batch["label"][0], resolution)
-    return {"shard": batch["shard"][:1], "index": decoded["index"][None], "label": decoded["label"][None],
-            "pixels": decoded["pixels"][None], "rejects": np.array([json.dumps(decoded["rejects"])])}
-
+    return decode_image(Location.of(path).read_bytes(), size)
 
 
 def as_rgb_uint8(images):

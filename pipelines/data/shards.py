@@ -1,6 +1,6 @@
 """Latent shards written by `imf encode`, and the reader that training uses.
 
-Layout of an encode output folder:
+Layout of an encode output folder (a local folder or a bucket prefix):
     manifest.json            written last: its presence means the encode finished
     encode_plan.json         what the run was asked to do (compared on re-runs)
     shards/shard-00000.parquet, ...
@@ -31,8 +31,6 @@ moments for each row with probability 1/2, all from the given generator (flip ch
 """
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -42,7 +40,7 @@ import torch
 from imf_core.codecs import posterior_sample
 
 from ..errors import UserError
-from ..storage import write_atomic
+from ..storage import Location
 
 METADATA_KEY = b"imf"
 MANIFEST = "manifest.json"
@@ -51,8 +49,8 @@ SHARD_DIR = "shards"
 TORCH_DTYPES = {"index": torch.int64, "label": torch.int64, "moments": torch.float32, "moments_flip": torch.float32}
 
 
-def shard_path(out, shard: int) -> Path:
-    return Path(out) / SHARD_DIR / f"shard-{shard:05d}.parquet"
+def shard_path(out, shard: int) -> Location:
+    return Location.of(out).join(SHARD_DIR, f"shard-{shard:05d}.parquet")
 
 
 def moments_array(mean: np.ndarray, std: np.ndarray) -> pa.FixedSizeListArray:
@@ -71,13 +69,19 @@ def shard_table(index, label, moments, moments_flip=None, meta: dict | None = No
     return table.replace_schema_metadata({METADATA_KEY: json.dumps(meta or {}).encode()})
 
 
-def write_shard(path, table: pa.Table) -> Path:
-    return write_atomic(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+def write_shard(path, table: pa.Table) -> Location:
+    """Write one shard whole (see storage.Location.open_output)."""
+    path = Location.of(path)
+    with path.open_output() as f:
+        pq.write_table(table, f, compression="zstd")
+    return path
 
 
 def shard_metadata(path) -> dict:
     """The b"imf" metadata of one shard (reads the footer only)."""
-    meta = pq.read_schema(path).metadata or {}
+    path = Location.of(path)
+    with path.open_input() as f:
+        meta = pq.read_schema(f).metadata or {}
     if METADATA_KEY not in meta:
         raise UserError(f"{path} has no imf metadata: it was not written by `imf encode`")
     return json.loads(meta[METADATA_KEY])
@@ -85,7 +89,7 @@ def shard_metadata(path) -> dict:
 
 def read_manifest(latent_dir) -> dict:
     """manifest.json of a finished encode; a UserError naming the folder and the fix otherwise."""
-    latent_dir = Path(latent_dir)
+    latent_dir = Location.of(latent_dir)
     if not latent_dir.is_dir():
         raise UserError(f"latent folder {latent_dir} does not exist: run `imf encode --images DIR --out {latent_dir}` first")
     path = latent_dir / MANIFEST
@@ -111,21 +115,34 @@ def dataset_summary(manifest: dict) -> dict:
     return {k: manifest.get(k) for k in keys if k in manifest}
 
 
-def shard_files(latent_dir) -> list[str]:
-    latent_dir = Path(latent_dir)
-    files = [str(latent_dir / name) for name in read_manifest(latent_dir)["shards"]]
-    absent = [f for f in files if not os.path.isfile(f)]
+def shard_locations(latent_dir) -> list[Location]:
+    """The shards the manifest lists (only those: a shard it does not list may be half-published)."""
+    latent_dir = Location.of(latent_dir)
+    files = [latent_dir.join(name) for name in read_manifest(latent_dir)["shards"]]
+    written = set((latent_dir / SHARD_DIR).files(recursive=False))
+    absent = [f for f in files if f.name not in written]
     if absent:
         raise UserError(f"{len(absent)} shards listed in {latent_dir / MANIFEST} are missing (e.g. {absent[0]}): "
                         "re-run the `imf encode` that wrote them")
     return files
 
 
+def shard_files(latent_dir) -> list[str]:
+    """shard_locations as paths or URIs."""
+    return [str(f) for f in shard_locations(latent_dir)]
+
+
+def read_shard(location, columns=None) -> pa.Table:
+    location = Location.of(location)
+    return pq.read_table(location.path, columns=columns, filesystem=location.fs)
+
+
 def latent_dataset(latent_dir):
-    """A ray.data.Dataset of the shards: columns index, label, moments[, moments_flip]."""
+    """A ray.data.Dataset of the shards: columns index, label, moments[, moments_flip] (streamed from a bucket)."""
     import ray.data
 
-    return ray.data.read_parquet(shard_files(latent_dir))
+    files = shard_locations(latent_dir)
+    return ray.data.read_parquet([f.path for f in files], filesystem=files[0].fs)
 
 
 def to_training_batch(batch: dict, generator: torch.Generator, latent_shape, flip: bool):

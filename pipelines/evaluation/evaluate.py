@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import UserError
+from ..storage import Location
 from .image_sets import sample_grid, scan_images, samples_manifest
 from .inception import WEIGHTS_ENV, inception_extractor
 from .scoring import (INCEPTION_METRICS, PIXEL_METRICS, Reference, build_reference, choose_metrics, compute_metrics,
@@ -55,8 +56,7 @@ def run_evaluate(spec: EvaluateSpec) -> dict:
     for key, value in result.items():
         print(f"{key} {value:.6g}")
     if spec.out:
-        Path(spec.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(spec.out).write_text(json.dumps(result, indent=2) + "\n")
+        Location.of(spec.out).write_text(json.dumps(result, indent=2) + "\n")
     with tempfile.TemporaryDirectory(prefix="imf_eval_") as tmp:
         grid = sample_grid(spec.samples, Path(spec.grid or Path(tmp) / "samples_grid.png"))
         log_evaluation(spec, result, grid)
@@ -130,7 +130,7 @@ def register(steps):
 
     parser = steps.add_parser("evaluate", help="FID / IS / precision-recall of samples against a reference",
                               description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", help="folder of sample .npz / .parquet / .png files")
+    parser.add_argument("--samples", help="folder or bucket prefix (s3://...) of sample .npz / .parquet / .png files")
     parser.add_argument("--reference", help="STATS.npz from `imf evaluate reference`, or `digits`")
     parser.add_argument("--reference-name", help="name used in metric keys (default: the reference's own)")
     parser.add_argument("--metrics", default="auto",

@@ -3,17 +3,18 @@
 Formats: `*.npz` with uint8 `arr_0` (N, H, W, 3) and optional int `labels` (ADM's evaluation format);
 Parquet shards with a binary `png` column and an optional int `label`; PNG/JPEG files, flat or in class
 folders (labelled as `imf encode` numbers classes: position in the sorted list of folder names).
+Each set is a local path or a bucket prefix (s3://...; storage.py), read file by file.
 """
 
 import io
 import json
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from ..data.images import as_rgb_uint8, center_crop, list_image_tree, save_grid, to_rgb
 from ..errors import UserError
+from ..storage import Location
 
 PIXEL_LIMIT = 32 * 32 * 3  # images up to this many values are kept in memory for the pixel metrics
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -23,7 +24,7 @@ def _decode(source, data, crop):
     from PIL import Image, UnidentifiedImageError
 
     try:
-        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as image:
+        with Image.open(io.BytesIO(data)) as image:
             image = to_rgb(image)
     except (OSError, UnidentifiedImageError, ValueError) as err:
         raise UserError(f"{source}: not a readable image ({err}): remove it or re-run the step that wrote it") from err
@@ -39,7 +40,7 @@ def _stack(source, images):
 
 def _npz_batches(files):
     for f in files:
-        with np.load(f, allow_pickle=False) as data:
+        with np.load(io.BytesIO(f.read_bytes()), allow_pickle=False) as data:
             if "arr_0" not in data.files:
                 raise UserError(f"{f}: no `arr_0` array: sample shards hold uint8 arr_0 of shape (N, H, W, 3)")
             try:
@@ -56,7 +57,7 @@ def _parquet_batches(files, batch_size, crop):
     import pyarrow.parquet as pq
 
     for f in files:
-        shard = pq.ParquetFile(f)
+        shard = pq.ParquetFile(f.open_input())
         names = shard.schema_arrow.names
         if "png" not in names:
             raise UserError(f"{f}: no `png` column (has {names}): sample shards hold PNG bytes in `png`")
@@ -66,28 +67,28 @@ def _parquet_batches(files, batch_size, crop):
             yield images, batch.column("label").to_numpy().astype(np.int64) if labelled else None, str(f)
 
 
-def _file_batches(root, files, batch_size, crop):
-    if root.is_dir() and any(p.is_dir() and not p.name.startswith(".") for p in root.iterdir()):
+def _file_batches(root: Location, files, batch_size, crop):
+    if root.is_dir() and any(not d.startswith(".") for d in root.dirs()):
         entries = [(root / rel, label) for rel, label in list_image_tree(root)[1]]
     else:
         entries = [(f, None) for f in files]
     for start in range(0, len(entries), batch_size):
         group = entries[start:start + batch_size]
-        images = _stack(root, [_decode(f, f, crop) for f, _ in group])
+        images = _stack(root, [_decode(f, f.read_bytes(), crop) for f, _ in group])
         labels = None if group[0][1] is None else np.array([label for _, label in group], dtype=np.int64)
-        yield images, labels, str(group[0][0].parent)
+        yield images, labels, str(group[0][0]).rsplit("/", 1)[0]
 
 
 def iter_image_batches(path, batch_size=256, crop=None):
     """Yield (uint8 images (n, H, W, 3), int64 labels (n,) or None, source) from one of the formats above;
     `crop` (image files and Parquet only): ADM's centre crop to crop x crop."""
-    path = Path(path)
+    path = Location.of(path)
     if not path.exists():
         raise UserError(f"{path} not found: give the folder `imf sample` wrote, or a folder of images")
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
-    npz = [f for f in files if f.suffix.lower() == ".npz"]
-    parquet = [f for f in files if f.suffix.lower() == ".parquet"]
-    pictures = [f for f in files if f.suffix.lower() in IMAGE_SUFFIXES]
+    files = [path] if path.is_file() else [path.join(rel) for rel in path.files()]
+    npz = [f for f in files if f.name.lower().endswith(".npz")]
+    parquet = [f for f in files if f.name.lower().endswith(".parquet")]
+    pictures = [f for f in files if f.name.lower().endswith(IMAGE_SUFFIXES)]
     if npz:
         return _npz_batches(npz)
     if parquet:
@@ -134,7 +135,7 @@ def scan_images(path, extractor=None, batch_size=256, crop=None):
 
 def samples_manifest(path) -> dict:
     """What `imf sample` recorded about a samples folder (model, version, guidance); {} for other folders."""
-    file = Path(path) / "manifest.json"
+    file = Location.of(path) / "manifest.json"
     if not file.is_file():
         return {}
     try:

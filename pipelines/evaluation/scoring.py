@@ -7,6 +7,7 @@ A reference file holds `mu`, `sigma` (Inception pool3 statistics, torch-fidelity
 embedded dataset.
 """
 
+import io
 import re
 import zipfile
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from .. import metrics as M
 from ..data.digits import digits
 from ..data.images import as_rgb_uint8
 from ..errors import UserError
-from ..storage import write_atomic
+from ..storage import Location
 from .image_sets import PIXEL_LIMIT, Scan, scan_images
 from .inception import WEIGHTS_ENV
 
@@ -39,14 +40,13 @@ class Reference:
     labels: np.ndarray = None
 
     def save(self, path):
-        path = Path(path)
+        """To a local path or a bucket; an existing file is replaced whole or not at all."""
         arrays = {"name": np.array(self.name), "mu": self.mu, "sigma": self.sigma, "features": self.features,
                   "arr_0": self.images, "labels": self.labels}
-        def write(tmp):
-            with open(tmp, "wb") as f:
-                np.savez(f, **{k: v for k, v in arrays.items() if v is not None})
-
-        return write_atomic(path, write)  # an existing file is replaced whole or not at all
+        buffer = io.BytesIO()  # zipfile seeks back while writing: object-store uploads cannot
+        np.savez(buffer, **{k: v for k, v in arrays.items() if v is not None})
+        Location.of(path).write_bytes(buffer.getvalue())
+        return Path(path) if "://" not in str(path) else Location.of(path)
 
     @classmethod
     def load(cls, path, name=None):
@@ -54,21 +54,22 @@ class Reference:
         batch; `digits` is the embedded dataset."""
         if str(path) == EMBEDDED_REFERENCE and not Path(path).is_file():  # a ./digits image folder is no reference
             return digits_reference()
-        path = Path(path)
+        path = Location.of(path)
         if not path.is_file():
             raise UserError(f"reference {path} not found: make one with `imf evaluate reference --images DIR "
                             "--out STATS.npz`, or use `digits` for the embedded dataset")
+        source = path.path if path.is_local else path.open_input  # a bucket's file: ranged reads, not a copy
         try:
-            data = np.load(path, allow_pickle=False)
+            data = np.load(source if path.is_local else source(), allow_pickle=False)
         except (OSError, ValueError, zipfile.BadZipFile) as err:
             raise UserError(f"reference {path} is not a readable .npz ({err}): make one with "
                             "`imf evaluate reference`") from err
         with data:
-            ref = cls(name or (str(data["name"]) if "name" in data.files else path.stem))
+            ref = cls(name or (str(data["name"]) if "name" in data.files else path.name.rsplit(".", 1)[0]))
             for key in ("mu", "sigma", "features", "labels"):
                 if key in data.files:
                     setattr(ref, key, data[key])
-            if "arr_0" in data.files and _npz_array_size(path, "arr_0") <= PIXEL_LIMIT:
+            if "arr_0" in data.files and _npz_array_size(source if path.is_local else source(), "arr_0") <= PIXEL_LIMIT:
                 try:
                     ref.images = as_rgb_uint8(data["arr_0"])
                 except ValueError as err:

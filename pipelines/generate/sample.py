@@ -9,6 +9,8 @@ into the same folder does only the missing shards. Then the parts become the out
     --format png      images/{index:07d}.png
     --format parquet  parts/*.parquet themselves (index, label, png)
 (for npz and png the parts hold raw pixels, so no PNG is encoded on the way to an .npz).
+--out is a local folder or a bucket prefix (s3://...); every part is written whole (storage.py), and
+manifest.json is written last.
 """
 
 import io
@@ -25,7 +27,7 @@ import pyarrow.parquet as pq
 from ..data.images import as_rgb_uint8
 from ..errors import UserError
 from ..progress import Progress
-from ..storage import write_atomic, write_json
+from ..storage import Location, read_json, write_json
 
 PLAN = "sample_plan.json"
 PARTS = "parts"
@@ -71,17 +73,17 @@ def labels_for(indices, classes) -> np.ndarray:
 class ShardGenerator:
     """A Ray Data actor: loads the model folder once, then generates, decodes and writes whole shards."""
 
-    def __init__(self, folder: str, plan: dict, batch_size: int):
+    def __init__(self, folder, plan: dict, batch_size: int, out: Location):
         from imf_core import load_generator
 
-        self.generator = load_generator(folder)
-        self.plan, self.batch_size = plan, batch_size
+        self.generator = load_generator(local_folder(Location.of(folder)))
+        self.plan, self.batch_size, self.out = plan, batch_size, out
 
     def __call__(self, batch):
         shard = int(batch["shard"][0])
         if os.environ.get("IMF_SAMPLE_SLOW_SECONDS") and shard > 0:
             time.sleep(float(os.environ["IMF_SAMPLE_SLOW_SECONDS"]))  # tests: leave time to kill the job
-        count = generate_shard(self.generator, self.plan, shard, self.batch_size)
+        count = generate_shard(self.generator, self.plan, shard, self.batch_size, self.out)
         return {"shard": [shard], "count": [count]}
 
 
@@ -93,7 +95,7 @@ def generate_images(generator, plan, indices, batch_size) -> np.ndarray:
     return as_rgb_uint8(images)
 
 
-def generate_shard(generator, plan, shard, batch_size) -> int:
+def generate_shard(generator, plan, shard, batch_size, out: Location) -> int:
     start = shard * plan["shard_size"]
     indices = list(range(start, min(plan["num"], start + plan["shard_size"])))
     images = generate_images(generator, plan, indices, batch_size)
@@ -104,8 +106,29 @@ def generate_shard(generator, plan, shard, batch_size) -> int:
     else:  # raw pixels: no PNG round trip on the way to an .npz
         columns["pixels"] = pa.array([img.tobytes() for img in images], pa.binary(images[0].nbytes))
     table = pa.table(columns).replace_schema_metadata({"image_shape": json.dumps(list(images.shape[1:]))})
-    write_atomic(part_path(plan["out"], shard), lambda tmp: pq.write_table(table, tmp))
+    with part_path(out, shard).open_output() as f:
+        pq.write_table(table, f)
     return len(indices)
+
+
+def local_folder(folder: Location) -> str:
+    """A model folder on this node: itself, or (in a bucket) a copy in a temporary folder."""
+    if folder.is_local:
+        return folder.path
+    import tempfile
+
+    local = Path(tempfile.mkdtemp(prefix="imf_model_"))
+    for rel in folder.files():
+        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+        (local / rel).write_bytes(folder.join(rel).read_bytes())
+    return str(local)
+
+
+def upload_folder(local: Path, dst: Location) -> Location:
+    """Copy a local folder (a model: a few files) to dst, file by file."""
+    for path in sorted(p for p in Path(local).rglob("*") if p.is_file()):
+        dst.join(path.relative_to(local).as_posix()).write_bytes(path.read_bytes())
+    return dst
 
 
 def _png(image: np.ndarray) -> bytes:
@@ -116,15 +139,16 @@ def _png(image: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def part_path(out, shard: int) -> Path:
-    return Path(out) / PARTS / f"shard-{shard:05d}.parquet"
+def part_path(out, shard: int) -> Location:
+    return Location.of(out).join(PARTS, f"shard-{shard:05d}.parquet")
 
 
 def read_parts(out, num_shards):
     """(indices, labels, uint8 images) of all parts, in index order."""
     from PIL import Image
 
-    tables = [pq.read_table(part_path(out, s)) for s in range(num_shards)]
+    parts = [part_path(out, s) for s in range(num_shards)]
+    tables = [pq.read_table(p.path, filesystem=p.fs) for p in parts]
     shape = json.loads(tables[0].schema.metadata[b"image_shape"])
     table = pa.concat_tables(tables)
     if "pixels" in table.column_names:
@@ -135,30 +159,22 @@ def read_parts(out, num_shards):
     return table.column("index").to_numpy(), table.column("label").to_numpy(), images
 
 
-def finalize(plan: dict) -> Path:
-    out, num_shards = Path(plan["out"]), num_shards_of(plan)
+def finalize(plan: dict, out: Location) -> Location:
+    num_shards = num_shards_of(plan)
     if plan["format"] == "parquet":
         return out / PARTS
     indices, labels, images = read_parts(out, num_shards)
     assert np.array_equal(indices, np.arange(plan["num"])), "parts do not cover 0..N-1 exactly once"
     if plan["format"] == "npz":
-        path = out / "samples.npz"
-        write_atomic(path, lambda tmp: _savez(tmp, images, labels))
-        return path
+        buffer = io.BytesIO()
+        np.savez(buffer, arr_0=images, labels=labels)
+        return (out / "samples.npz").write_bytes(buffer.getvalue())
     folder = out / "images"
-    folder.mkdir(exist_ok=True)
-    from PIL import Image
-
+    done = set(folder.files(recursive=False))
     for i, image in zip(indices, images):
-        target = folder / f"{i:07d}.png"
-        if not target.exists():
-            write_atomic(target, lambda tmp, image=image: Image.fromarray(image).save(tmp, format="PNG"))
+        if f"{i:07d}.png" not in done:
+            folder.join(f"{i:07d}.png").write_bytes(_png(image))
     return folder
-
-
-def _savez(tmp, images, labels):
-    with open(tmp, "wb") as f:
-        np.savez(f, arr_0=images, labels=labels)
 
 
 def num_shards_of(plan) -> int:
@@ -200,50 +216,61 @@ def make_plan(spec: SampleSpec, config: dict, version) -> dict:
     return {"model": spec.model, "model_name": getattr(version, "name", None),
             "version": getattr(version, "version", None), "num": spec.num, "seed": spec.seed,
             "classes": parse_classes(spec.classes, config["num_classes"]), "guidance": guidance,
-            "format": spec.format, "shard_size": spec.shard_size, "out": str(Path(spec.out).resolve())}
+            "format": spec.format, "shard_size": spec.shard_size, "out": str(Location.of(spec.out))}
 
 
 def run_sample(spec: SampleSpec) -> dict:
     """Generate (or finish generating) the request into spec.out; returns the written manifest."""
+    spec.check()
+    out = Location.of(spec.out).check_writable("--out")
+    plan, folder, version = _plan_and_model(spec, out)
+    write_json(out / PLAN, plan)
+    total = num_shards_of(plan)
+    written = set((out / PARTS).files(recursive=False))
+    missing = [s for s in range(total) if part_path(out, s).name not in written]
+    g = plan["guidance"]
+    print(f"imf sample: {plan['num']} images of {len(plan['classes'])} classes from {spec.model} "
+          f"(omega {g['omega']}, interval [{g['t_min']}, {g['t_max']}], {g['steps']} step(s)); "
+          f"{total - len(missing)} of {total} shards already done", flush=True)
+    if missing:
+        (out / "manifest.json").delete()
+        generate(plan, folder, missing, spec, out)
+    result = finalize(plan, out)
+    manifest = {**plan, "output": str(result), "model_folder": str(folder),
+                "tracking_uri": spec.tracking_uri if version is not None else None}
+    write_json(out / "manifest.json", manifest)  # last: its presence means the set is complete
+    print(f"imf sample: {plan['num']} images -> {result}")
+    return manifest
+
+
+def _plan_and_model(spec: SampleSpec, out: Location):
+    """(plan, model folder the actors read, registry version or None); refuses an --out of another request."""
     import shutil
     import tempfile
 
     from ..models.registry import model_folder
 
-    spec.check()
-    out = Path(spec.out)
     with tempfile.TemporaryDirectory(prefix="imf_model_") as tmp:
         folder, version = model_folder(spec.model, spec.tracking_uri, dst=tmp)
         config = json.loads((folder / "config.json").read_text())
         plan = make_plan(spec, config, version)
         previous = out / PLAN
         if previous.is_file():
-            old = json.loads(previous.read_text())
+            old = read_json(previous)
             if {k: v for k, v in old.items() if k != "out"} != {k: v for k, v in plan.items() if k != "out"}:
                 raise UserError(f"{out} holds samples of another request ({_diff(old, plan)}): re-run with the "
                                 "same arguments to finish it, or pass a new --out")
-        if version is not None:  # the actors read the folder from the output, a path every node sees
-            local = out / "model_download"
-            shutil.rmtree(local, ignore_errors=True)
-            folder = Path(shutil.copytree(folder, local))
-    write_json(previous, plan)
-    total = num_shards_of(plan)
-    missing = [s for s in range(total) if not part_path(out, s).is_file()]
-    g = plan["guidance"]
-    print(f"imf sample: {plan['num']} images of {len(plan['classes'])} classes from {spec.model} "
-          f"(omega {g['omega']}, interval [{g['t_min']}, {g['t_max']}], {g['steps']} step(s)); "
-          f"{total - len(missing)} of {total} shards already done", flush=True)
-    if missing:
-        generate(plan, folder, missing, spec)
-    result = finalize(plan)
-    manifest = {**plan, "output": str(result), "model_folder": str(folder),
-                "tracking_uri": spec.tracking_uri if version is not None else None}
-    write_json(out / "manifest.json", manifest)
-    print(f"imf sample: {plan['num']} images -> {result}")
-    return manifest
+        if version is not None:  # the actors read the folder from the output, a place every node sees
+            if out.is_local:
+                local = out.local_path() / "model_download"
+                shutil.rmtree(local, ignore_errors=True)
+                folder = Location.of(shutil.copytree(folder, local))
+            else:
+                folder = upload_folder(folder, out / "model_download")
+    return plan, Location.of(folder), version
 
 
-def generate(plan, folder, missing, spec: SampleSpec):
+def generate(plan, folder: Location, missing, spec: SampleSpec, out: Location):
     import ray
 
     from ..runtime import start_ray
@@ -255,7 +282,7 @@ def generate(plan, folder, missing, spec: SampleSpec):
     per_actor = {"num_gpus": 1} if gpus else {"num_cpus": 1}
     ds = ray.data.from_items([{"shard": s} for s in missing], override_num_blocks=len(missing))
     ds = ds.map_batches(ShardGenerator, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size), **per_actor,
-                        fn_constructor_kwargs={"folder": str(folder.resolve()), "plan": plan,
+                        fn_constructor_kwargs={"folder": folder, "plan": plan, "out": out,
                                                "batch_size": spec.batch_size})
     todo = sum(min(plan["shard_size"], plan["num"] - s * plan["shard_size"]) for s in missing)
     print(f"imf sample: {size} {'GPU' if gpus else 'CPU'} actor(s) for {len(missing)} shard(s)", flush=True)
@@ -275,7 +302,8 @@ def register(steps):
     parser = steps.add_parser("sample", help="generate images (1-NFE by default) from a registered model")
     parser.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, or a model folder")
     parser.add_argument("--num", type=int, required=True, help="number of images")
-    parser.add_argument("--out", required=True, help="output folder; re-run into it to finish an interrupted job")
+    parser.add_argument("--out", required=True, help="output folder or bucket prefix (s3://...); re-run into it to "
+                        "finish an interrupted job")
     parser.add_argument("--omega", type=float, default=None, help="CFG scale (default: the version's best setting)")
     parser.add_argument("--t-min", type=float, default=None)
     parser.add_argument("--t-max", type=float, default=None)

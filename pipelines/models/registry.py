@@ -11,6 +11,7 @@ from imf_core import load_official, save_generator
 from imf_core.codecs import SD_VAE_MEAN, SD_VAE_STD
 
 from ..errors import UserError
+from ..storage import Location
 from ..tracking import connect
 from .artifact import folder_from_checkpoint
 
@@ -63,16 +64,20 @@ def register_folder(folder, name: str, tracking_uri: str | None, run_id: str | N
 
 
 def register_checkpoint(checkpoint, name, tracking_uri, manifest: dict | None = None, run_id=None, aliases=("challenger",),
-                        metrics: dict | None = None, config: dict | None = None, guidance: dict | None = None):
-    """Register a training checkpoint's EMA network under `name` (used by train and tune)."""
+                        metrics: dict | None = None, config: dict | None = None, guidance: dict | None = None,
+                        source: str | None = None):
+    """Register a training checkpoint's EMA network under `name` (used by train and tune); `source`: where the
+    checkpoint lives when `checkpoint` is a local copy of it."""
     with tempfile.TemporaryDirectory(prefix="imf_model_") as tmp:
         folder = folder_from_checkpoint(checkpoint, Path(tmp) / "imf_model", manifest, guidance)
         tags = {f"metric.{k}": v for k, v in (metrics or {}).items()}
         if config is not None:
             tags["imf.train_config"] = json.dumps(config)
         tags.update(checkpoint_lineage(checkpoint, run_id))
+        if source:
+            tags["imf.lineage.checkpoint"] = str(source)
         return register_folder(folder, name, tracking_uri, run_id, aliases, tags,
-                               description=f"EMA weights of {checkpoint}")
+                               description=f"EMA weights of {source or checkpoint}")
 
 
 def checkpoint_lineage(checkpoint, run_id=None) -> dict:
@@ -273,9 +278,26 @@ def _register(args):
     from ..data.shards import read_manifest
 
     manifest = read_manifest(args.data) if args.data else None
-    v = register_checkpoint(args.checkpoint, args.name, args.tracking_uri, manifest,
-                            aliases=tuple(args.alias or ["challenger"]))
+    with tempfile.TemporaryDirectory(prefix="imf_checkpoint_") as tmp:
+        v = register_checkpoint(local_checkpoint(args.checkpoint, Path(tmp)), args.name, args.tracking_uri,
+                                manifest, aliases=tuple(args.alias or ["challenger"]), source=str(args.checkpoint))
     print(f"registered {v.name} version {v.version}: models:/{v.name}/{v.version}")
+
+
+def local_checkpoint(checkpoint, tmp: Path) -> Path:
+    """A checkpoint folder on this machine: itself, or the files registration reads (the network, its EMA and
+    progress; not the optimizer state) copied from a bucket (s3://.../RUN/checkpoint_...)."""
+    location = Location.of(checkpoint)
+    if location.is_local:
+        return location.local_path()
+    files = [rel for rel in location.files() if not rel.startswith("optimizer")]
+    if "model/config.json" not in files:
+        raise UserError(f"{checkpoint} is not an imf training checkpoint (no model/config.json): give a "
+                        "checkpoint_* folder of a run under --storage")
+    for rel in files:
+        (tmp / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp / rel).write_bytes(location.join(rel).read_bytes())
+    return tmp
 
 
 def _import_official(args):
@@ -300,7 +322,7 @@ def register(steps):
     p.add_argument("--alias", default="champion")
     p.set_defaults(func=_promote)
     p = sub.add_parser("register", help="register a training checkpoint's EMA weights")
-    p.add_argument("checkpoint", help="a checkpoint folder written by `imf train`")
+    p.add_argument("checkpoint", help="a checkpoint folder written by `imf train` (local or s3://...)")
     p.add_argument("--name", required=True)
     p.add_argument("--data", default=None, help="the latent folder it was trained on (for codec and classes)")
     p.add_argument("--alias", action="append", help="alias(es) for the new version (default challenger)")

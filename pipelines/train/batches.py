@@ -15,10 +15,9 @@ import threading
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import torch
 
-from ..data.shards import TORCH_DTYPES
+from ..data.shards import TORCH_DTYPES, read_shard
 
 COLUMNS = ("index", "label", "moments", "moments_flip")
 
@@ -30,8 +29,8 @@ def share_bytes(manifest: dict, world: int) -> int:
 
 
 class InMemoryRows:
-    def __init__(self, files: list[str], rank: int, world: int, batch_size: int, seed: int, shuffle: bool = True):
-        table = pa.concat_tables([pq.read_table(f) for f in files])
+    def __init__(self, files: list, rank: int, world: int, batch_size: int, seed: int, shuffle: bool = True):
+        table = pa.concat_tables([read_shard(f) for f in files])  # paths or Locations
         rows = np.arange(rank, len(table), world)[: len(table) // world]  # equal shares: equal step counts
         part = table.take(pa.array(rows))
         self.columns = {"index": torch.from_numpy(part.column("index").to_numpy().astype(np.int64)),

@@ -15,6 +15,7 @@ from pathlib import Path
 from ..config import TrainConfig, apply_overrides, check_workers, config_from_dict, load_config
 from ..data.shards import latent_dataset, read_manifest
 from ..errors import UserError
+from ..storage import Location
 from ..tracking import TolerantLogger, connect, experiment_id, log_params
 from .batches import share_bytes
 from .schedule import total_steps
@@ -74,7 +75,7 @@ def prepare(spec: TrainSpec) -> Prepared:
         raise UserError(f"--max-failures {spec.max_failures} must be >= 0")
     cfg = spec.training_config()
     check_workers(cfg, spec.workers)
-    data = Path(spec.data)
+    data = Location.of(spec.data)
     if not data.is_dir():
         raise UserError(f"data folder {data} not found: run `imf encode --images DIR --out {data}` first")
     manifest = read_manifest(data)
@@ -94,9 +95,9 @@ def resolve_resume(resume: str | None, storage, name: str | None):
     if not resume:
         return name, None
     path = Path(resume)
-    if path.is_dir() and (path / "progress.json").is_file():
+    if "://" not in resume and path.is_dir() and (path / "progress.json").is_file():
         return name, str(path.resolve())
-    if not isinstance(storage, Path) or (storage / resume).is_dir():
+    if "/" not in resume and Location.of(storage).join(resume).is_dir():
         return resume, None
     raise UserError(f"--resume {resume!r} is neither a run under {storage} nor a checkpoint folder "
                     "(one holding progress.json)")
@@ -105,6 +106,15 @@ def resolve_resume(resume: str | None, storage, name: str | None):
 def storage_root(storage: str):
     """A local folder (made absolute, as Ray needs) or a URI such as s3://bucket/runs, kept as is."""
     return storage if "://" in storage else Path(storage).resolve()
+
+
+def ray_storage(storage) -> dict:
+    """RunConfig's storage_path (and storage_filesystem for a URI: the endpoint of --endpoint-url /
+    AWS_ENDPOINT_URL, keys from each node's environment)."""
+    if isinstance(storage, Path):
+        return {"storage_path": str(storage)}
+    location = Location.of(storage)
+    return {"storage_path": location.path, "storage_filesystem": location.fs}
 
 
 def run_status_actor():
@@ -150,7 +160,7 @@ def build_trainer(spec: TrainSpec, run: Prepared, run_name, storage, tracking_ur
     in_memory = share_bytes(run.manifest, spec.workers) <= cfg.train.data_in_memory_gb * 2**30
     payload = {"config": cfg.to_dict(), "manifest": run.manifest, "num_rows": run.num_rows, "in_memory": in_memory,
                "tracking_uri": tracking_uri, "run_id": run_id, "resume_path": resume_path, "debug_dir": spec.debug_dir,
-               "status": status, "data": str(Path(spec.data).resolve()), "reference": None}
+               "status": status, "data": Location.of(spec.data), "reference": None}
     if cfg.train.eval_samples:
         from .monitors import reference_images
 
@@ -165,7 +175,7 @@ def build_trainer(spec: TrainSpec, run: Prepared, run_name, storage, tracking_ur
         torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
         datasets={} if in_memory else {"train": latent_dataset(spec.data)},
         run_config=RunConfig(
-            name=run_name, storage_path=str(storage), callbacks=callbacks,
+            name=run_name, **ray_storage(storage), callbacks=callbacks,
             # Train's own INFO lines (one per checkpoint saved) would sit between our progress lines.
             logging_config=LoggingConfig(log_level="WARNING"),
             failure_config=FailureConfig(max_failures=spec.max_failures),
@@ -179,27 +189,26 @@ def describe_run(spec: TrainSpec, run: Prepared) -> str:
     t = run.cfg.train
     per_epoch, steps = total_steps(run.cfg, run.num_rows, spec.workers)
     return (f"{run.cfg.objective.kind.upper()} training of {run.cfg.model.name} on {run.dataset} "
-            f"({run.num_rows} latents from {Path(spec.data).resolve()}): {steps} steps of {t.batch_size} images "
+            f"({run.num_rows} latents from {Location.of(spec.data)}): {steps} steps of {t.batch_size} images "
             f"({steps / max(per_epoch, 1):.3g} epochs) on {spec.workers} worker(s), lr {run.cfg.optim.lr:g}"
             + (f"; overrides: {', '.join(spec.overrides())}" if spec.overrides() else "") + ".")
 
 
 def open_run(spec: TrainSpec, run: Prepared, run_name: str, storage, client, tracking_uri) -> str:
     """The run's MLflow run id: the one a resumed run already has, or a new run with the config as params."""
-    run_file = (storage if isinstance(storage, Path) else Path("imf_runs").resolve()) / run_name / RUN_FILE
+    run_file = Location.of(storage).join(run_name, RUN_FILE)
     if run_file.is_file():
         run_id = json.loads(run_file.read_text())["mlflow_run_id"]
         client.update_run(run_id, status="RUNNING")
         return run_id
     model = run.cfg.model.name.replace("/", "-")
     exp = experiment_id(client, spec.experiment or f"imf/{run.dataset}/{model}", tracking_uri)
-    data = str(Path(spec.data).resolve())
+    data = str(Location.of(spec.data))
     run_id = client.create_run(exp, run_name=run_name, tags={
         "imf.model": run.cfg.model.name, "imf.data": data, "mlflow.note.content": describe_run(spec, run),
         "imf.overrides": json.dumps(spec.overrides())}).info.run_id
     log_params(client, run_id, {**run.cfg.flat(), "workers": spec.workers, "data": data,
                                 "overrides": spec.overrides()})
-    run_file.parent.mkdir(parents=True, exist_ok=True)
     run_file.write_text(json.dumps({"mlflow_run_id": run_id, "tracking_uri": tracking_uri}))
     return run_id
 
@@ -211,6 +220,7 @@ def run_train(spec: TrainSpec) -> int:
 
     run = prepare(spec)
     storage = storage_root(spec.storage)
+    Location.of(storage).check_writable("--storage")
     run_name, resume_path = resolve_resume(spec.resume, storage, spec.name)
     run_name = run_name or f"imf-{run.cfg.model.name.replace('/', '')}-{time.strftime('%Y%m%d-%H%M%S')}"
     client, tracking_uri = connect(spec.tracking_uri)
@@ -242,11 +252,17 @@ def register_result(spec: TrainSpec, run: Prepared, result, tracking_uri, run_id
     print(f"registered models:/{version.name}/{version.version} (aliases: {', '.join(version.aliases)})")
 
 
+def as_uri(storage, path: str) -> str:
+    """A checkpoint path as Ray reports it (inside its filesystem) -> the URI a user passes on (s3://...)."""
+    scheme = str(storage).split("://")[0] if "://" in str(storage) else None
+    return f"{scheme}://{path}" if scheme and "://" not in path else path
+
+
 def finish(tracker, result, tracking_uri, run_name, storage, nonfinite=None) -> int:
-    checkpoints = [c.path for c, _ in (result.best_checkpoints or [])]
+    checkpoints = [as_uri(storage, c.path) for c, _ in (result.best_checkpoints or [])]
     for i, path in enumerate(checkpoints):
         tracker.tag(f"checkpoint.{i}", path)
-    latest = result.checkpoint.path if result.checkpoint else None
+    latest = as_uri(storage, result.checkpoint.path) if result.checkpoint else None
     if latest:
         tracker.tag("checkpoint.latest", latest)
     if nonfinite is not None:
@@ -265,7 +281,7 @@ def add_run_flags(parser):
     """Flags `imf train` and `imf tune` share: data, workers and their resources, config overrides."""
     from ..cli import add_shared_flags
 
-    parser.add_argument("--data", required=True, help="folder written by `imf encode`")
+    parser.add_argument("--data", required=True, help="folder or bucket prefix (s3://...) written by `imf encode`")
     parser.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
                         help="override one config value (read as YAML), e.g. --set optim.lr=3e-4; repeatable")
     parser.add_argument("--workers", type=int, default=1, help="training workers (per trial, for tune)")
@@ -286,7 +302,8 @@ def register(steps):
     parser.add_argument("--model", default=None, help="override model.name, e.g. B/2")
     parser.add_argument("--max-steps", type=int, default=None, help="override train.max_steps")
     parser.add_argument("--name", default=None, help="run name (default imf-<model>-<time>)")
-    parser.add_argument("--resume", default=None, help="run name under --storage, or a checkpoint folder")
+    parser.add_argument("--resume", default=None, help="run name under --storage (a folder or s3://...), or a "
+                        "local checkpoint folder")
     parser.add_argument("--register", default=None, metavar="NAME",
                         help="register the final EMA weights in the MLflow model registry under NAME")
     add_run_flags(parser)

@@ -9,7 +9,6 @@ cheap training curve and what ASHA ranks Tune trials on, not an evaluation proto
 import copy
 
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 import torch.nn.functional as F
 
@@ -17,7 +16,7 @@ from imf_core import generate, to_uint8
 from imf_core.codecs import codec_from_description
 
 from ..data.images import as_rgb_uint8, save_grid
-from ..data.shards import shard_files
+from ..data.shards import read_shard, shard_locations
 from ..metrics import pixel_frechet_distance
 
 MAX_SIDE = 32
@@ -74,9 +73,9 @@ class SampleGrids:
 
 def reference_images(latent_dir, manifest: dict, count: int, device="cpu") -> tuple[np.ndarray, np.ndarray]:
     """The first `count` images of the shards (every shard contributes), decoded from their posterior means."""
-    files = shard_files(latent_dir)
+    files = shard_locations(latent_dir)
     per_file = -(-count // len(files))
-    tables = [pq.read_table(f, columns=["label", "moments"]).slice(0, per_file) for f in files]
+    tables = [read_shard(f, columns=["label", "moments"]).slice(0, per_file) for f in files]
     labels = np.concatenate([t.column("label").to_numpy() for t in tables])[:count]
     moments = np.concatenate([np.stack(t.column("moments").to_numpy(zero_copy_only=False)) for t in tables])[:count]
     C, H, W = manifest["latent_shape"]

@@ -17,7 +17,7 @@ import torch
 from imf_core import draw_step, step_generator
 
 from ..config import config_from_dict
-from ..data.shards import dataset_summary, shard_files, to_training_batch
+from ..data.shards import dataset_summary, shard_locations, to_training_batch
 from ..tracking import TolerantLogger
 from .batches import InMemoryRows, StreamedRows
 from .progress import ProgressLine
@@ -86,7 +86,7 @@ class Worker:
 
         t, local = self.cfg.train, self.cfg.train.batch_size // self.world
         if self.payload["in_memory"]:
-            return InMemoryRows(shard_files(self.payload["data"]), self.rank, self.world, local, t.seed)
+            return InMemoryRows(shard_locations(self.payload["data"]), self.rank, self.world, local, t.seed)
         return StreamedRows(ray.train.get_dataset_shard("train"), local, t.seed, t.shuffle_buffer,
                             self.schedule.steps_per_epoch)
 
@@ -151,7 +151,7 @@ class Worker:
             ray.train.report(report)
             return
         with tempfile.TemporaryDirectory(prefix="imf_ckpt_") as tmp:
-            self.state.save(tmp, extra={"data": self.payload.get("data"), "dataset": dataset_summary(self.manifest)})
+            self.state.save(tmp, extra={"data": str(self.payload.get("data")), "dataset": dataset_summary(self.manifest)})
             for path in self.grids(Path(tmp) / "samples") if sample_now else []:
                 if self.logger:
                     self.logger.artifact(path, f"samples/step_{self.state.progress.step:07d}")

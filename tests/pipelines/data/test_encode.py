@@ -245,15 +245,15 @@ STALL_HOOK = """
 import os
 if os.environ.get("IMF_TEST_STALL"):
     import time
-    from PIL import Image
-    _open = Image.open
+    from pipelines.storage import Location
+    _read = Location.read_bytes
 
-    def _stalling_open(fp, *args, **kwargs):
-        if str(fp).endswith(os.environ["IMF_TEST_STALL"]):
+    def _stalling_read(self):
+        if self.path.endswith(os.environ["IMF_TEST_STALL"]):
             time.sleep(600)  # the test kills the run while this image is being read
-        return _open(fp, *args, **kwargs)
+        return _read(self)
 
-    Image.open = _stalling_open
+    Location.read_bytes = _stalling_read
 """
 
 
