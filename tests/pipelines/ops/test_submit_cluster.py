@@ -53,7 +53,7 @@ def test_submitted_train_reaches_the_server_and_the_registry(tmp_path, head, mlf
     assert "job imf-test-train SUCCEEDED" in err
 
     client = MlflowClient(mlflow_server)
-    run = client.search_runs([client.get_experiment_by_name("imf/latents/Micro-2").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name("imf/images/Micro-2").experiment_id])[0]
     assert run.info.status == "FINISHED" and run.data.params["model.name"] == "Micro/2"
     assert [m.step for m in client.get_metric_history(run.info.run_id, "mse_u")] == [1, 2, 3]
     version = client.get_model_version_by_alias(MODEL, "challenger")

@@ -82,6 +82,6 @@ def test_metrics_reach_a_server_and_its_disappearance_only_warns(tmp_path, ray_s
     assert status == 0  # the run finished although the server vanished at step 3
     assert [e["step"] for e in batch_log(debug, 0)][-1] == 7
     client = MlflowClient(f"sqlite:///{db}")
-    run = client.search_runs([client.get_experiment_by_name("imf/latents/Micro-2").experiment_id])[0]
+    run = client.search_runs([client.get_experiment_by_name("imf/images/Micro-2").experiment_id])[0]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "mse_u")]
     assert steps[:3] == [1, 2, 3] and run.data.params["model.name"] == "Micro/2"
