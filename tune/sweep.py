@@ -96,10 +96,11 @@ def check_args(args: TuneSpec):
 
 
 def run_tune(args: TuneSpec) -> int:
-    from pipelines.runtime import start_ray
+    from pipelines.runtime import probe_cluster, start_ray
 
     space = load_space(args.space, args.config, args.set)  # first: a wrong --space is the problem to name
     check_args(args)
+    probe_cluster(args.address)
     settings = sweep_settings(args.max_steps, args.evals, args.eval_samples)
     space.base = apply(space.base, settings)
     check(space, args.workers, args.seed)

@@ -237,6 +237,9 @@ def say(message: str):
 
 def run_encode(plan: Plan, address=None, actors: int | None = None, batch_size: int = 64, dtype: str = "float32") -> dict:
     """Encode the plan's missing shards on Ray, then write manifest.json. -> summary counts."""
+    from ..runtime import probe_cluster
+
+    probe_cluster(address)  # a dead --address before anything is written
     write_json(plan.out / PLAN, plan.settings())
     missing = plan.missing
     if missing:

@@ -209,8 +209,10 @@ def run_sample(spec: SampleSpec) -> dict:
     import tempfile
 
     from ..models.registry import model_folder
+    from ..runtime import probe_cluster
 
     spec.check()
+    probe_cluster(spec.address)  # a dead --address before anything is written
     out = Path(spec.out)
     with tempfile.TemporaryDirectory(prefix="imf_model_") as tmp:
         folder, version = model_folder(spec.model, spec.tracking_uri, dst=tmp)

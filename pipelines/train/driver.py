@@ -15,8 +15,10 @@ from pathlib import Path
 from ..config import TrainConfig, apply_overrides, check_workers, config_from_dict, load_config
 from ..data.shards import latent_dataset, read_manifest
 from ..errors import UserError
+from ..runtime import probe_cluster
 from ..tracking import TolerantLogger, connect, experiment_id, log_params
 from .batches import share_bytes
+from .preemption import PREEMPTED, DriverSigterm
 from .schedule import total_steps
 
 RUN_FILE = "imf_run.json"
@@ -86,6 +88,7 @@ def prepare(spec: TrainSpec) -> Prepared:
     if num_rows // spec.workers < per_worker:
         raise UserError(f"{data} holds {num_rows} images: fewer than one batch of {per_worker} per worker "
                         f"for {spec.workers} workers; lower train.batch_size or --workers")
+    probe_cluster(spec.address)
     return Prepared(cfg, manifest, num_rows)
 
 
@@ -108,20 +111,34 @@ def storage_root(storage: str):
 
 
 def run_status_actor():
-    """A small actor through which rank 0 tells the driver that the loss went non-finite (Result.metrics
-    only carries the metrics of the latest checkpoint, and that checkpoint must stay the last good one)."""
+    """A small actor between the driver and rank 0: rank 0 tells that the loss went non-finite (Result.metrics
+    only carries the metrics of the latest checkpoint, and that checkpoint must stay the last good one) or that
+    the run stopped for a SIGTERM; the driver asks the workers to stop (preemption.py)."""
     import ray
 
     @ray.remote(num_cpus=0)
     class RunStatus:
         def __init__(self):
-            self.nonfinite_step = None
+            self.nonfinite_step = self.preempted_step = None
+            self.stop = False
 
         def set_nonfinite(self, step):
             self.nonfinite_step = step
 
         def nonfinite(self):
             return self.nonfinite_step
+
+        def request_stop(self):  # the driver got SIGTERM
+            self.stop = True
+
+        def stop_requested(self):
+            return self.stop
+
+        def set_preempted(self, step):
+            self.preempted_step = step
+
+        def preempted(self):
+            return self.preempted_step
 
     return RunStatus.remote()
 
@@ -140,8 +157,9 @@ def build_trainer(spec: TrainSpec, run: Prepared, run_name, storage, tracking_ur
     """checkpoint_score: (metric, "min"|"max") to keep the best checkpoints rather than the latest."""
     from ray.data import DataContext
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
+    from .process_group import OneMachineTorchConfig
     from .worker import train_loop_per_worker
 
     DataContext.get_current().execution_options.preserve_order = True  # a fixed order per rank: exact resumes
@@ -162,7 +180,7 @@ def build_trainer(spec: TrainSpec, run: Prepared, run_name, storage, tracking_ur
         train_loop_config=payload,
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=gpus > 0,
                                      resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
-        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        torch_config=OneMachineTorchConfig(backend="nccl" if gpus else "gloo"),  # loopback on one machine
         datasets={} if in_memory else {"train": latent_dataset(spec.data)},
         run_config=RunConfig(
             name=run_name, storage_path=str(storage), callbacks=callbacks,
@@ -220,10 +238,14 @@ def run_train(spec: TrainSpec) -> int:
     trainer = build_trainer(spec, run, run_name, storage, tracking_uri, run_id, resume_path, status=status)
     tracker = TolerantLogger(tracking_uri, run_id)  # the server may have gone during the run
     try:
-        result = trainer.fit()
+        with DriverSigterm(status):
+            result = trainer.fit()
     except TrainingFailedError as err:
         tracker.terminate("FAILED")
         raise UserError(f"training failed after the allowed {spec.max_failures} restart(s): {err}") from err
+    preempted = ray.get(status.preempted.remote())
+    if preempted is not None:
+        return stopped_for_preemption(tracker, result, run_name, preempted)
     code = finish(tracker, result, tracking_uri, run_name, storage, ray.get(status.nonfinite.remote()))
     if code == 0 and spec.register and result.checkpoint is not None:
         register_result(spec, run, result, tracking_uri, run_id)
@@ -240,6 +262,16 @@ def register_result(spec: TrainSpec, run: Prepared, result, tracking_uri, run_id
         version = register_checkpoint(directory, spec.register, tracking_uri, run.manifest, run_id=run_id,
                                       metrics=metrics, config=run.cfg.to_dict())
     print(f"registered models:/{version.name}/{version.version} (aliases: {', '.join(version.aliases)})")
+
+
+def stopped_for_preemption(tracker, result, run_name, step) -> int:
+    latest = result.checkpoint.path if result.checkpoint else None
+    tracker.tag("checkpoint.latest", latest)
+    tracker.tag("imf.preempted_at_step", step)
+    tracker.terminate("KILLED")
+    print(f"imf train: preempted (SIGTERM) after step {step}; checkpoint {latest}. Continue with the same "
+          f"command and --resume {run_name}.")
+    return PREEMPTED
 
 
 def finish(tracker, result, tracking_uri, run_name, storage, nonfinite=None) -> int:

@@ -1,0 +1,114 @@
+"""Preemption (issue 13): SIGTERM to the `imf train` driver or to a worker stops the run at the next step
+boundary with a checkpoint and exit status 75; `--resume` then ends bit-identical (model, EMA, optimizer,
+data position) to an uninterrupted run. The driver's run is also where a 2-worker local training is checked
+to listen on loopback only."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from pipelines.train.preemption import PREEMPTED
+from tests.pipelines.listening import exposed, listening
+from tests.pipelines.train_helpers import batch_log, encoded_digits, train, write_config
+
+pytestmark = pytest.mark.timeout(600)
+ROOT = Path(__file__).resolve().parents[3]
+STEPS = 40  # 4 steps per epoch; long enough to be signalled midway
+BOUND_S = 30  # from SIGTERM to the command's exit
+FILES = ("model/model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json")
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory, ray_session):
+    tmp = tmp_path_factory.mktemp("preempt")
+    latents = encoded_digits(tmp)
+    config = write_config(tmp / "c.yaml", max_steps=STEPS, checkpoint_every=STEPS, log_every=1)
+    assert train(latents, config, tmp / "runs", "whole", debug=tmp / "d_whole") == 0
+    return latents, config, tmp / "runs"
+
+
+def checkpoints(run: Path) -> dict[int, Path]:
+    """step -> checkpoint folder of a run."""
+    return {json.loads(p.read_text())["step"]: p.parent for p in run.glob("checkpoint_*/progress.json")}
+
+
+def assert_resumed_identical(runs: Path, name: str, debug: Path):
+    whole, parts = checkpoints(runs / "whole")[STEPS], checkpoints(runs / name)[STEPS]
+    for file in FILES:
+        assert (whole / file).read_bytes() == (parts / file).read_bytes(), file
+    progress = [json.loads((p / "progress.json").read_text()) for p in (whole, parts)]
+    assert {k: progress[0][k] for k in ("step", "epoch", "batch_in_epoch", "images_seen")} == \
+        {k: progress[1][k] for k in ("step", "epoch", "batch_in_epoch", "images_seen")}
+    log = batch_log(debug, 0)
+    assert [e["step"] for e in log] == list(range(STEPS))  # no step lost, none done twice
+    assert log == batch_log(runs.parent / "d_whole", 0)
+
+
+def preempted_step(runs: Path, name: str) -> int:
+    steps = [s for s in checkpoints(runs / name) if s < STEPS]
+    assert len(steps) == 1, checkpoints(runs / name)
+    return steps[0]
+
+
+def signal_when(debug: Path, rank: int, pid_of, before=None, at_step=2, timeout=300) -> dict:
+    """A thread that sends SIGTERM to pid_of() once rank `rank` has begun step `at_step` (after calling
+    before(), whose answer it keeps); the dict it returns gets the time it was sent."""
+    sent = {}
+
+    def watch():
+        deadline = time.time() + timeout
+        while time.time() < deadline and not sent:
+            if any(e["step"] >= at_step for e in batch_log(debug, rank)):
+                sent["before"] = before() if before else None
+                os.kill(pid_of(), signal.SIGTERM)
+                sent["at"] = time.monotonic()
+            time.sleep(0.05)
+
+    threading.Thread(target=watch, daemon=True).start()
+    return sent
+
+
+def test_sigterm_to_a_worker_checkpoints_and_resume_is_bit_identical(setup, tmp_path, capsys):
+    latents, config, runs = setup
+    debug = tmp_path / "debug"
+    debug.mkdir()
+    sent = signal_when(debug, 1, lambda: int((debug / "pid_rank1").read_text()))
+    assert train(latents, config, runs, "worker_term", debug=debug) == PREEMPTED
+    elapsed = time.monotonic() - sent["at"]
+    out = capsys.readouterr().out
+    assert "preempted (SIGTERM)" in out and "--resume worker_term" in out
+    step = preempted_step(runs, "worker_term")
+    assert 2 <= step < STEPS and elapsed < BOUND_S, (step, elapsed)
+    assert train(latents, config, runs, "worker_term", debug=debug, extra=["--resume", "worker_term"]) == 0
+    assert_resumed_identical(runs, "worker_term", debug)
+    print(f"worker SIGTERM: checkpoint at step {step}, exit {elapsed:.1f} s after the signal")
+
+
+def test_sigterm_to_the_driver_checkpoints_listens_on_loopback_only_and_resumes(setup, tmp_path):
+    latents, config, runs = setup
+    debug = tmp_path / "debug"
+    debug.mkdir()
+    argv = ["train", "--data", str(latents), "--config", str(config), "--workers", "2", "--storage", str(runs),
+            "--name", "driver_term", "--tracking-uri", f"sqlite:///{runs}/mlflow.db", "--debug-dir", str(debug)]
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    sent = signal_when(debug, 0, lambda: proc.pid, before=lambda: listening(proc.pid))
+    out, _ = proc.communicate(timeout=480)
+    elapsed = time.monotonic() - sent["at"]
+    sockets = sent["before"]
+    assert len(sockets) >= 5 and not exposed(sockets), f"listening beyond loopback: {exposed(sockets)}"
+    assert proc.returncode == PREEMPTED, out[-2000:]
+    assert "preempted (SIGTERM)" in out and elapsed < BOUND_S, (elapsed, out[-1000:])
+    step = preempted_step(runs, "driver_term")
+    assert train(latents, config, runs, "driver_term", debug=debug, extra=["--resume", "driver_term"]) == 0
+    assert_resumed_identical(runs, "driver_term", debug)
+    print(f"driver SIGTERM: checkpoint at step {step}, exit {elapsed:.1f} s after the signal; "
+          f"{len(sockets)} listening sockets, all on loopback")
