@@ -40,6 +40,7 @@ class TuneSpec:
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
     max_failures: int = 0
+    placement_strategy: str = "PACK"
     storage: str = "imf_runs"
     name: str | None = None
     experiment: str | None = None
@@ -51,7 +52,8 @@ class TuneSpec:
     def trial_spec(self, raw: dict | None, **changes) -> TrainSpec:
         """The TrainSpec of one trial: this sweep's data and resources, a config given as a dict."""
         spec = TrainSpec(data=self.data, raw=raw, workers=self.workers, gpus_per_worker=self.gpus_per_worker,
-                         cpus_per_worker=self.cpus_per_worker, max_failures=self.max_failures)
+                         cpus_per_worker=self.cpus_per_worker, max_failures=self.max_failures,
+                         placement_strategy=self.placement_strategy)
         return replace(spec, **changes)
 
 

@@ -305,6 +305,9 @@ def write_manifest(plan: Plan) -> dict:
 
 
 def _main(args):
+    for flag, value in (("--shard-size", args.shard_size), ("--batch-size", args.batch_size), ("--actors", args.actors)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value} must be >= 1")
     plan = plan_encode(args.images, args.out, codec=args.codec, vae=args.vae, resolution=args.resolution,
                        flip=args.flip, shard_size=args.shard_size, grayscale=args.grayscale)
     if args.tracking_uri:

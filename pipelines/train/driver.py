@@ -40,6 +40,7 @@ class TrainSpec:
     name: str | None = None
     experiment: str | None = None
     max_failures: int = 0
+    placement_strategy: str = "PACK"  # or SPREAD: workers on as many nodes as possible
     resume: str | None = None
     register: str | None = None
     address: str | None = None
@@ -49,7 +50,8 @@ class TrainSpec:
     def overrides(self) -> list[str]:
         """--set, with --model and --max-steps as the assignments they stand for."""
         extra = [f"model.name={self.model}"] if self.model else []
-        return list(self.set or []) + extra + ([f"train.max_steps={self.max_steps}"] if self.max_steps else [])
+        steps = [f"train.max_steps={self.max_steps}"] if self.max_steps is not None else []
+        return list(self.set or []) + extra + steps
 
     def training_config(self) -> TrainConfig:
         if self.raw is not None:
@@ -116,7 +118,8 @@ def run_status_actor():
     the run stopped for a SIGTERM; the driver asks the workers to stop (preemption.py)."""
     import ray
 
-    @ray.remote(num_cpus=0)
+    # On the driver's node (as Ray Train's controller): the loss of another node leaves it alive.
+    @ray.remote(num_cpus=0, label_selector={ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()})
     class RunStatus:
         def __init__(self):
             self.nonfinite_step = self.preempted_step = None
@@ -179,6 +182,7 @@ def build_trainer(spec: TrainSpec, run: Prepared, run_name, storage, tracking_ur
         train_loop_per_worker,
         train_loop_config=payload,
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=gpus > 0,
+                                     placement_strategy=spec.placement_strategy,
                                      resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
         torch_config=OneMachineTorchConfig(backend="nccl" if gpus else "gloo"),  # loopback on one machine
         datasets={} if in_memory else {"train": latent_dataset(spec.data)},
@@ -304,6 +308,9 @@ def add_run_flags(parser):
     parser.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs")
     parser.add_argument("--cpus-per-worker", type=float, default=None)
     parser.add_argument("--max-failures", type=int, default=0, help="worker-group restarts allowed")
+    parser.add_argument("--placement-strategy", choices=["PACK", "SPREAD"], default="PACK",
+                        help="PACK: workers on as few nodes as possible (default); SPREAD: on as many as possible, "
+                             "so that losing one node takes fewer of them")
     parser.add_argument("--experiment", default=None, help="MLflow experiment (default imf/<dataset>/<model>)")
     add_shared_flags(parser, address=True, tracking=True, storage="imf_runs")
 
