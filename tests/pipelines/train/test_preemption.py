@@ -20,8 +20,8 @@ from tests.pipelines.train_helpers import batch_log, encoded_digits, train, writ
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[3]
-STEPS = 40  # 4 steps per epoch; long enough to be signalled midway
-BOUND_S = 30  # from SIGTERM to the command's exit
+STEPS = 24  # 4 steps per epoch; long enough to be signalled midway (a step takes about 0.1 s)
+BOUND_S = 60  # from SIGTERM to the exit of the command (most of it: Ray Train and Ray shutting down)
 FILES = ("model/model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json")
 
 
@@ -29,7 +29,7 @@ FILES = ("model/model.safetensors", "ema.safetensors", "optimizer.safetensors", 
 def setup(tmp_path_factory, ray_session):
     tmp = tmp_path_factory.mktemp("preempt")
     latents = encoded_digits(tmp)
-    config = write_config(tmp / "c.yaml", max_steps=STEPS, checkpoint_every=STEPS, log_every=1)
+    config = write_config(tmp / "c.yaml", max_steps=STEPS, checkpoint_every=STEPS, log_every=STEPS)
     assert train(latents, config, tmp / "runs", "whole", debug=tmp / "d_whole") == 0
     return latents, config, tmp / "runs"
 
