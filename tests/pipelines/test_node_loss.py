@@ -17,14 +17,15 @@ from tests.pipelines.train_helpers import batch_log, encoded_digits, write_confi
 
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[2]
-# The GCS declares a silent node dead after 3 missed checks 1 s apart (Ray's defaults: about 30 s).
-FAST_DEATH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
-              "RAY_health_check_timeout_ms": "1000"}
+# The GCS declares a silent node dead after 3 missed checks 1 s apart (Ray's defaults: about 30 s); Ray's
+# single-machine mode (loopback only) refuses a second node, so this cluster leaves it.
+CLUSTER_ENV = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
+               "RAY_health_check_timeout_ms": "1000", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "1"}
 
 
 @pytest.fixture(scope="module")
 def cluster():
-    head = LocalHead(num_cpus=2, env=FAST_DEATH).start()
+    head = LocalHead(num_cpus=2, env=CLUSTER_ENV).start()
     nodes = []
     try:
         yield head, nodes
@@ -42,7 +43,7 @@ def add_node(cluster) -> LocalNode:
 
 
 def imf(argv, **env) -> subprocess.Popen:
-    environment = {**head_env(), "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
+    environment = {**head_env(), **CLUSTER_ENV, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", **env}
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv], env=environment, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
