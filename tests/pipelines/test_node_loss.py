@@ -88,6 +88,8 @@ def test_sampling_survives_the_loss_of_a_node_with_every_image_once(cluster, tmp
     proc = imf(["sample", "--model", str(model), "--num", "24", "--shard-size", "3", "--actors", "4", "--out",
                 str(out), "--address", head.gcs, "--omega", "2"], IMF_SAMPLE_SLOW_SECONDS="2")
     wait_for(lambda: len(list((out / "parts").glob("shard-*.parquet"))) >= 1, what="a first shard")
+    titles = [" ".join(p.cmdline()) for p in node.processes()]
+    assert any("ShardGenerator" in t for t in titles), f"no sampling actor on the second node: {titles}"
     killed = node.kill()
     text, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, text[-3000:]

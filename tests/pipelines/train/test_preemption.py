@@ -53,7 +53,7 @@ def assert_resumed_identical(runs: Path, name: str, debug: Path):
 
 def preempted_step(runs: Path, name: str) -> int:
     steps = [s for s in checkpoints(runs / name) if s < STEPS]
-    assert len(steps) == 1, checkpoints(runs / name)
+    assert len(steps) == 1, checkpoints(runs / name)  # the run wrote one checkpoint: where it stopped
     return steps[0]
 
 
@@ -75,40 +75,41 @@ def signal_when(debug: Path, rank: int, pid_of, before=None, at_step=2, timeout=
     return sent
 
 
-def test_sigterm_to_a_worker_checkpoints_and_resume_is_bit_identical(setup, tmp_path, capsys):
+def driver_process(argv) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+
+
+def test_sigterm_to_a_worker_then_to_the_driver_and_resume_is_bit_identical(setup, tmp_path, capsys):
+    """One run stopped twice: SIGTERM to a worker (in-process driver), then, resumed in a process of its own,
+    SIGTERM to that driver (whose local Ray and workers are listed first); a last --resume ends the run."""
     latents, config, runs = setup
     debug = tmp_path / "debug"
     debug.mkdir()
     sent = signal_when(debug, 1, lambda: int((debug / "pid_rank1").read_text()))
-    assert train(latents, config, runs, "worker_term", debug=debug) == PREEMPTED
-    elapsed = time.monotonic() - sent["at"]
+    assert train(latents, config, runs, "stopped", debug=debug) == PREEMPTED
+    worker_exit = time.monotonic() - sent["at"]
     out = capsys.readouterr().out
-    assert "preempted (SIGTERM)" in out and "--resume worker_term" in out
-    step = preempted_step(runs, "worker_term")
-    assert 2 <= step < STEPS and elapsed < BOUND_S, (step, elapsed)
-    assert train(latents, config, runs, "worker_term", debug=debug, extra=["--resume", "worker_term"]) == 0
-    assert_resumed_identical(runs, "worker_term", debug)
-    print(f"worker SIGTERM: checkpoint at step {step}, exit {elapsed:.1f} s after the signal")
+    assert "preempted (SIGTERM)" in out and "--resume stopped" in out
+    first = preempted_step(runs, "stopped")
+    assert 2 <= first < STEPS and worker_exit < BOUND_S, (first, worker_exit)
 
-
-def test_sigterm_to_the_driver_checkpoints_listens_on_loopback_only_and_resumes(setup, tmp_path):
-    latents, config, runs = setup
-    debug = tmp_path / "debug"
-    debug.mkdir()
     argv = ["train", "--data", str(latents), "--config", str(config), "--workers", "2", "--storage", str(runs),
-            "--name", "driver_term", "--tracking-uri", f"sqlite:///{runs}/mlflow.db", "--debug-dir", str(debug)]
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    sent = signal_when(debug, 0, lambda: proc.pid, before=lambda: listening(proc.pid))
-    out, _ = proc.communicate(timeout=480)
-    elapsed = time.monotonic() - sent["at"]
+            "--name", "stopped", "--tracking-uri", f"sqlite:///{runs}/mlflow.db", "--debug-dir", str(debug),
+            "--resume", "stopped"]
+    proc = driver_process(argv)
+    sent = signal_when(debug, 0, lambda: proc.pid, before=lambda: listening(proc.pid), at_step=first + 2)
+    text, _ = proc.communicate(timeout=480)
+    driver_exit = time.monotonic() - sent["at"]
     sockets = sent["before"]
     assert len(sockets) >= 5 and not exposed(sockets), f"listening beyond loopback: {exposed(sockets)}"
-    assert proc.returncode == PREEMPTED, out[-2000:]
-    assert "preempted (SIGTERM)" in out and elapsed < BOUND_S, (elapsed, out[-1000:])
-    step = preempted_step(runs, "driver_term")
-    assert train(latents, config, runs, "driver_term", debug=debug, extra=["--resume", "driver_term"]) == 0
-    assert_resumed_identical(runs, "driver_term", debug)
-    print(f"driver SIGTERM: checkpoint at step {step}, exit {elapsed:.1f} s after the signal; "
-          f"{len(sockets)} listening sockets, all on loopback")
+    assert proc.returncode == PREEMPTED and "preempted (SIGTERM)" in text, text[-2000:]
+    second = max(s for s in checkpoints(runs / "stopped"))
+    assert first < second < STEPS and driver_exit < BOUND_S, (second, driver_exit)
+
+    assert train(latents, config, runs, "stopped", debug=debug, extra=["--resume", "stopped"]) == 0
+    assert_resumed_identical(runs, "stopped", debug)
+    print(f"\nworker SIGTERM: checkpoint at step {first}, exit {worker_exit:.1f} s after the signal; driver SIGTERM: "
+          f"checkpoint at step {second}, exit {driver_exit:.1f} s after; {len(sockets)} listening sockets, all on "
+          "loopback; resumed bit-identical")
