@@ -67,10 +67,10 @@ def _plugins():
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse, with a usage error said in two lines (the whole usage of a step fills a screen)."""
+    """argparse, with a usage error said in one line (the whole usage of a step fills a screen)."""
 
     def error(self, message):
-        self.exit(2, f"{self.prog}: error: {message}\n(`{self.prog} --help` lists the options)\n")
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
