@@ -69,8 +69,15 @@ def _plugins():
     return found
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage error said in one line (the whole usage of a step fills a screen)."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (`{self.prog} --help` lists the options)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="imf", description="improved MeanFlow: encode, train, tune, sample, evaluate")
+    parser = Parser(prog="imf", description="improved MeanFlow: encode, train, tune, sample, evaluate")
     steps = parser.add_subparsers(dest="command", required=True, metavar="STEP")
     plugins = _plugins()
     for module in STEPS:

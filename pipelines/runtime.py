@@ -8,8 +8,9 @@ tasks are not starved by training workers, and no dashboard.
 import logging
 import os
 import tempfile
+import threading
 
-from .errors import UserError
+from .errors import UserError, host_port, probe_tcp
 
 LOCAL = (None, "", "local")
 
@@ -25,7 +26,7 @@ NOISY_WITHOUT_DASHBOARD = {"ray.train.v2._internal.execution.controller.placemen
 
 
 def quiet_dashboardless_worker():
-    """worker_process_setup_hook of local instances: see NOISY_WITHOUT_DASHBOARD. Also names this instance in
+    """worker_process_setup_hook of local instances: see NOISY_WITHOUT_DASHBOARD and defer_sigterm. Also names this instance in
     RAY_ADDRESS: where several Ray instances run on one machine, Ray's own helpers in the workers (Train's
     watchdog asks the State API with no address) would otherwise fail on "found multiple active Ray instances"."""
     import ray
@@ -33,10 +34,39 @@ def quiet_dashboardless_worker():
     for name, level in NOISY_WITHOUT_DASHBOARD.items():
         logging.getLogger(name).setLevel(level)
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    defer_sigterm()
+
+
+SIGTERM_LISTENING = threading.Event()  # a training loop runs in this worker process (train/preemption.py)
+SIGTERM_REQUESTED = threading.Event()  # this process got SIGTERM while one did
+
+
+def defer_sigterm():
+    """In a worker process whose training loop listens, SIGTERM sets SIGTERM_REQUESTED (the loop stops at the
+    next step boundary with a checkpoint) instead of ending the process; elsewhere Ray's handler runs as
+    before. Ray's worker main loop installs its handler after the setup hook has run, so this wraps Ray's
+    installer rather than installing a handler itself."""
+    import ray._private.utils as ray_utils
+
+    install = ray_utils.set_sigterm_handler
+    if getattr(install, "imf_wrapped", False):
+        return
+
+    def install_wrapped(ray_handler):
+        def handler(signum, frame):
+            if SIGTERM_LISTENING.is_set():
+                SIGTERM_REQUESTED.set()
+            else:
+                ray_handler(signum, frame)
+        install(handler)
+
+    install_wrapped.imf_wrapped = True
+    ray_utils.set_sigterm_handler = install_wrapped
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_bytes: int = 1 << 30):
     """ray.init for a step. address: None/"local" (a new local instance), "auto", or "ray://HOST:10001"."""
+    probe_cluster(address)
     if address in LOCAL:
         # Read when Ray is first imported: a local instance then binds its servers to loopback only.
         os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -64,6 +94,19 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
             ) from err
     quiet_ray_data()
     return ray
+
+
+def probe_cluster(address: str):
+    """A TCP probe of an explicit cluster address (HOST:PORT of the GCS, ray://HOST:PORT of the client server, or
+    $RAY_ADDRESS for auto): a dead port is a UserError in seconds, where ray.init would retry for minutes."""
+    if address in LOCAL:
+        return
+    given = os.environ.get("RAY_ADDRESS") if address == "auto" else address
+    target = host_port(given) if given and given != "auto" else None
+    if target:
+        probe_tcp(*target, what=f"the Ray cluster (--address {address})",
+                  fix="Start one with `ray start --head` (then use --address auto), check the host and port "
+                      "(GCS 6379, ray:// client 10001), or drop --address for a local instance.")
 
 
 def quiet_ray_data():

@@ -9,7 +9,7 @@ import sys
 import warnings
 from pathlib import Path
 
-from .errors import UserError
+from .errors import UserError, host_port, probe_tcp
 
 
 def default_tracking_uri(root="mlruns") -> str:
@@ -39,7 +39,7 @@ def experiment_id(client, name: str, tracking_uri: str) -> str:
 
 
 @contextlib.contextmanager
-def _quick_requests(timeout_s: int = 5, retries: int = 1):
+def _quick_requests(timeout_s: int = 4, retries: int = 1):
     """MLflow's HTTP retries and timeout for one probe (MLflow reads them per request): a dead server is
     found out in seconds, not after its default back-off of minutes."""
     keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
@@ -56,6 +56,16 @@ def _quick_requests(timeout_s: int = 5, retries: int = 1):
                 os.environ[k] = v
 
 
+def probe_server(uri: str):
+    """A TCP probe of an http(s) tracking server before any MLflow call (its client retries for minutes)."""
+    if uri.startswith(("http://", "https://")):
+        target = host_port(uri, 443 if uri.startswith("https") else 80)
+        if target:
+            probe_tcp(*target, what=f"the MLflow tracking server {uri}",
+                      fix="Start it (e.g. `mlflow server --host 127.0.0.1`), check --tracking-uri, or drop it for "
+                          "the local store under ./mlruns.")
+
+
 def connect(tracking_uri: str | None):
     """An MlflowClient for the URI (default: the local store), tracking and registry both; an unreachable
     server is a UserError within seconds."""
@@ -67,6 +77,7 @@ def connect(tracking_uri: str | None):
     from mlflow.tracking import MlflowClient
 
     uri = tracking_uri or default_tracking_uri()
+    probe_server(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
         with _quick_requests():

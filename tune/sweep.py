@@ -41,6 +41,7 @@ class TuneSpec:
     gpus_per_worker: float | None = None
     cpus_per_worker: float | None = None
     max_failures: int = 0
+    placement_strategy: str = "PACK"
     storage: str = "imf_runs"
     name: str | None = None
     experiment: str | None = None
@@ -52,7 +53,8 @@ class TuneSpec:
     def trial_spec(self, raw: dict | None, **changes) -> TrainSpec:
         """The TrainSpec of one trial: this sweep's data and resources, a config given as a dict."""
         spec = TrainSpec(data=self.data, raw=raw, workers=self.workers, gpus_per_worker=self.gpus_per_worker,
-                         cpus_per_worker=self.cpus_per_worker, max_failures=self.max_failures)
+                         cpus_per_worker=self.cpus_per_worker, max_failures=self.max_failures,
+                         placement_strategy=self.placement_strategy)
         return replace(spec, **changes)
 
 
@@ -97,10 +99,11 @@ def check_args(args: TuneSpec):
 
 
 def run_tune(args: TuneSpec) -> int:
-    from pipelines.runtime import start_ray
+    from pipelines.runtime import probe_cluster, start_ray
 
     space = load_space(args.space, args.config, args.set)  # first: a wrong --space is the problem to name
     check_args(args)
+    probe_cluster(args.address)
     settings = sweep_settings(args.max_steps, args.evals, args.eval_samples)
     space.base = apply(space.base, settings)
     check(space, args.workers, args.seed)

@@ -265,6 +265,9 @@ def say(message: str):
 
 def run_encode(plan: Plan, address=None, actors: int | None = None, batch_size: int = 64, dtype: str = "float32") -> dict:
     """Encode the plan's missing shards on Ray, then write manifest.json. -> summary counts."""
+    from ..runtime import probe_cluster
+
+    probe_cluster(address)  # a dead --address before anything is written
     write_json(plan.out / PLAN, plan.settings())
     missing = plan.missing
     if missing:
@@ -330,6 +333,9 @@ def write_manifest(plan: Plan) -> dict:
 
 
 def _main(args):
+    for flag, value in (("--shard-size", args.shard_size), ("--batch-size", args.batch_size), ("--actors", args.actors)):
+        if value is not None and value < 1:
+            raise UserError(f"{flag} {value} must be >= 1")
     plan = plan_encode(args.images, args.out, codec=args.codec, vae=args.vae, resolution=args.resolution,
                        flip=args.flip, shard_size=args.shard_size, grayscale=args.grayscale, format=args.format,
                        image_column=args.image_column, label_column=args.label_column)

@@ -101,9 +101,14 @@ def read_manifest(latent_dir) -> dict:
                         f"run `imf encode --images DIR --out {latent_dir}` first")
     try:
         manifest = json.loads(path.read_text())
-        missing = {"codec", "latent_shape", "flip", "class_names", "shards"} - set(manifest)
-    except (json.JSONDecodeError, TypeError) as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UserError(f"{path} is not valid JSON ({err}): re-run `imf encode` into a new folder") from None
+    if not isinstance(manifest, dict):
+        raise UserError(f"{path} holds a {type(manifest).__name__}, not an `imf encode` manifest; re-encode")
+    missing = {"codec", "latent_shape", "flip", "class_names", "shards", "counts"} - set(manifest)
+    counts = manifest.get("counts")
+    if "counts" not in missing and not (isinstance(counts, dict) and isinstance(counts.get("encoded"), int)):
+        missing.add("counts.encoded")
     if missing:
         raise UserError(f"{path} lacks {sorted(missing)}: it was not written by this version of `imf encode`; re-encode")
     return manifest

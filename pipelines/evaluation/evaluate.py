@@ -43,6 +43,10 @@ class EvaluateSpec:
 def score_samples(spec: EvaluateSpec) -> dict:
     if spec.k < 1 or spec.batch_size < 1:
         raise UserError(f"--k {spec.k} and --batch-size {spec.batch_size} must be >= 1")
+    unknown = [m for m in spec.metrics.split(",") if spec.metrics != "auto" and m not in INCEPTION_METRICS + PIXEL_METRICS]
+    if unknown:
+        raise UserError(f"--metrics: unknown {', '.join(map(repr, unknown))}; choose auto or some of "
+                        f"{','.join(INCEPTION_METRICS + PIXEL_METRICS)}")
     reference = Reference.load(spec.reference, spec.reference_name)
     wants_inception = spec.metrics != "auto" and bool(set(spec.metrics.split(",")) & set(INCEPTION_METRICS))
     extractor = inception_extractor(spec.inception_weights, spec.device, spec.batch_size, wants_inception)

@@ -221,7 +221,10 @@ def make_plan(spec: SampleSpec, config: dict, version) -> dict:
 
 def run_sample(spec: SampleSpec) -> dict:
     """Generate (or finish generating) the request into spec.out; returns the written manifest."""
+    from ..runtime import probe_cluster
+
     spec.check()
+    probe_cluster(spec.address)  # a dead --address before anything is written
     out = Location.of(spec.out).check_writable("--out")
     plan, folder, version = _plan_and_model(spec, out)
     write_json(out / PLAN, plan)

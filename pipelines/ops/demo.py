@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..errors import UserError
+
 MODEL_NAME = "imf-digits-demo"
 FD, PRECISION, RECALL = "fd_pixels_digits_test", "precision_k3_pixels_digits_test", "recall_k3_pixels_digits_test"
 
@@ -162,6 +164,9 @@ def register(steps):
     parser.add_argument("--seconds", type=float, default=90.0, help="--core-only: training time")
 
     def run(args):
+        if args.workers < 1 or (args.max_steps is not None and args.max_steps < 1) or args.seconds <= 0:
+            raise UserError(f"--workers {args.workers} and --max-steps {args.max_steps} must be >= 1, "
+                            f"--seconds {args.seconds} > 0")
         if args.core_only:
             run_core_demo(Path(args.out), seconds=args.seconds)
             return 0

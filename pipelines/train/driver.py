@@ -15,9 +15,11 @@ from pathlib import Path
 from ..config import TrainConfig, apply_overrides, check_workers, config_from_dict, load_config
 from ..data.shards import latent_dataset, read_manifest
 from ..errors import UserError
+from ..runtime import probe_cluster
 from ..storage import Location
 from ..tracking import TolerantLogger, connect, experiment_id, log_params
 from .batches import share_bytes
+from .preemption import PREEMPTED, DriverSigterm
 from .schedule import total_steps
 
 RUN_FILE = "imf_run.json"
@@ -39,6 +41,7 @@ class TrainSpec:
     name: str | None = None
     experiment: str | None = None
     max_failures: int = 0
+    placement_strategy: str = "PACK"  # or SPREAD: workers on as many nodes as possible
     resume: str | None = None
     register: str | None = None
     address: str | None = None
@@ -48,7 +51,8 @@ class TrainSpec:
     def overrides(self) -> list[str]:
         """--set, with --model and --max-steps as the assignments they stand for."""
         extra = [f"model.name={self.model}"] if self.model else []
-        return list(self.set or []) + extra + ([f"train.max_steps={self.max_steps}"] if self.max_steps else [])
+        steps = [f"train.max_steps={self.max_steps}"] if self.max_steps is not None else []
+        return list(self.set or []) + extra + steps
 
     def training_config(self) -> TrainConfig:
         if self.raw is not None:
@@ -87,6 +91,7 @@ def prepare(spec: TrainSpec) -> Prepared:
     if num_rows // spec.workers < per_worker:
         raise UserError(f"{data} holds {num_rows} images: fewer than one batch of {per_worker} per worker "
                         f"for {spec.workers} workers; lower train.batch_size or --workers")
+    probe_cluster(spec.address)
     return Prepared(cfg, manifest, num_rows)
 
 
@@ -118,20 +123,35 @@ def ray_storage(storage) -> dict:
 
 
 def run_status_actor():
-    """A small actor through which rank 0 tells the driver that the loss went non-finite (Result.metrics
-    only carries the metrics of the latest checkpoint, and that checkpoint must stay the last good one)."""
+    """A small actor between the driver and rank 0: rank 0 tells that the loss went non-finite (Result.metrics
+    only carries the metrics of the latest checkpoint, and that checkpoint must stay the last good one) or that
+    the run stopped for a SIGTERM; the driver asks the workers to stop (preemption.py)."""
     import ray
 
-    @ray.remote(num_cpus=0)
+    # On the driver's node (as Ray Train's controller): the loss of another node leaves it alive.
+    @ray.remote(num_cpus=0, label_selector={ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()})
     class RunStatus:
         def __init__(self):
-            self.nonfinite_step = None
+            self.nonfinite_step = self.preempted_step = None
+            self.stop = False
 
         def set_nonfinite(self, step):
             self.nonfinite_step = step
 
         def nonfinite(self):
             return self.nonfinite_step
+
+        def request_stop(self):  # the driver got SIGTERM
+            self.stop = True
+
+        def stop_requested(self):
+            return self.stop
+
+        def set_preempted(self, step):
+            self.preempted_step = step
+
+        def preempted(self):
+            return self.preempted_step
 
     return RunStatus.remote()
 
@@ -150,8 +170,9 @@ def build_trainer(spec: TrainSpec, run: Prepared, run_name, storage, tracking_ur
     """checkpoint_score: (metric, "min"|"max") to keep the best checkpoints rather than the latest."""
     from ray.data import DataContext
     from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
+    from .process_group import OneMachineTorchConfig
     from .worker import train_loop_per_worker
 
     DataContext.get_current().execution_options.preserve_order = True  # a fixed order per rank: exact resumes
@@ -171,8 +192,9 @@ def build_trainer(spec: TrainSpec, run: Prepared, run_name, storage, tracking_ur
         train_loop_per_worker,
         train_loop_config=payload,
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=gpus > 0,
+                                     placement_strategy=spec.placement_strategy,
                                      resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
-        torch_config=TorchConfig(backend="nccl" if gpus else "gloo"),
+        torch_config=OneMachineTorchConfig(backend="nccl" if gpus else "gloo"),  # loopback on one machine
         datasets={} if in_memory else {"train": latent_dataset(spec.data)},
         run_config=RunConfig(
             name=run_name, **ray_storage(storage), callbacks=callbacks,
@@ -230,10 +252,14 @@ def run_train(spec: TrainSpec) -> int:
     trainer = build_trainer(spec, run, run_name, storage, tracking_uri, run_id, resume_path, status=status)
     tracker = TolerantLogger(tracking_uri, run_id)  # the server may have gone during the run
     try:
-        result = trainer.fit()
+        with DriverSigterm(status):
+            result = trainer.fit()
     except TrainingFailedError as err:
         tracker.terminate("FAILED")
         raise UserError(f"training failed after the allowed {spec.max_failures} restart(s): {err}") from err
+    preempted = ray.get(status.preempted.remote())
+    if preempted is not None:
+        return stopped_for_preemption(tracker, result, run_name, storage, preempted)
     code = finish(tracker, result, tracking_uri, run_name, storage, ray.get(status.nonfinite.remote()))
     if code == 0 and spec.register and result.checkpoint is not None:
         register_result(spec, run, result, tracking_uri, run_id)
@@ -256,6 +282,16 @@ def as_uri(storage, path: str) -> str:
     """A checkpoint path as Ray reports it (inside its filesystem) -> the URI a user passes on (s3://...)."""
     scheme = str(storage).split("://")[0] if "://" in str(storage) else None
     return f"{scheme}://{path}" if scheme and "://" not in path else path
+
+
+def stopped_for_preemption(tracker, result, run_name, storage, step) -> int:
+    latest = as_uri(storage, result.checkpoint.path) if result.checkpoint else None
+    tracker.tag("checkpoint.latest", latest)
+    tracker.tag("imf.preempted_at_step", step)
+    tracker.terminate("KILLED")
+    print(f"imf train: preempted (SIGTERM) after step {step}; checkpoint {latest}. Continue with the same "
+          f"command and --resume {run_name}.")
+    return PREEMPTED
 
 
 def finish(tracker, result, tracking_uri, run_name, storage, nonfinite=None) -> int:
@@ -288,6 +324,9 @@ def add_run_flags(parser):
     parser.add_argument("--gpus-per-worker", type=float, default=None, help="default: 1 when the cluster has GPUs")
     parser.add_argument("--cpus-per-worker", type=float, default=None)
     parser.add_argument("--max-failures", type=int, default=0, help="worker-group restarts allowed")
+    parser.add_argument("--placement-strategy", choices=["PACK", "SPREAD"], default="PACK",
+                        help="PACK: workers on as few nodes as possible (default); SPREAD: on as many as possible, "
+                             "so that losing one node takes fewer of them")
     parser.add_argument("--experiment", default=None, help="MLflow experiment (default imf/<dataset>/<model>)")
     add_shared_flags(parser, address=True, tracking=True, storage="imf_runs")
 

@@ -20,6 +20,7 @@ from ..config import config_from_dict
 from ..data.shards import dataset_summary, shard_locations, to_training_batch
 from ..tracking import TolerantLogger
 from .batches import InMemoryRows, StreamedRows
+from .preemption import StopAgreement
 from .progress import ProgressLine
 from .schedule import Schedule
 from .state import TrainState
@@ -123,8 +124,9 @@ class Worker:
             p.batch_in_epoch, p.images_seen = p.batch_in_epoch + 1, p.images_seen + t.batch_size
         return metrics
 
-    def report(self, metrics: dict, progress: ProgressLine):
-        """Log, evaluate, checkpoint as the schedule says at this step (every rank reports equally often)."""
+    def report(self, metrics: dict, progress: ProgressLine, stop: bool = False):
+        """Log, evaluate, checkpoint as the schedule says at this step (every rank reports equally often);
+        stop: the run is preempted after this step, so it checkpoints whatever the schedule says."""
         import ray.train
 
         p, t, s = self.state.progress, self.cfg.train, self.schedule
@@ -139,7 +141,7 @@ class Worker:
                 if self.logger:
                     self.logger.metrics({**metrics, **stats}, step=p.step)
         report = {"step": p.step, "epoch": p.epoch, **metrics}
-        if s.checkpoints(p.step, final):
+        if stop or s.checkpoints(p.step, final):
             self._checkpoint(report, sample_now=final or bool(t.sample_every and p.step % t.sample_every == 0))
         elif s.logs(p.step, final):
             ray.train.report(report)
@@ -156,6 +158,14 @@ class Worker:
                 if self.logger:
                     self.logger.artifact(path, f"samples/step_{self.state.progress.step:07d}")
             ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(tmp))
+
+    def preempted(self):
+        import ray
+
+        if self.rank == 0:
+            print(f"preempted: stopped after step {self.state.progress.step} with a checkpoint", flush=True)
+            if self.payload.get("status") is not None:
+                ray.get(self.payload["status"].set_preempted.remote(self.state.progress.step))
 
     def stop_nonfinite(self, step: int):
         import ray
@@ -176,6 +186,7 @@ def train_loop_per_worker(payload: dict):
     progress = ProgressLine(worker.cfg, worker.schedule, worker.world, worker.state.progress.step)
     if worker.rank == 0:
         progress.announce(worker.cfg.model.name, payload["in_memory"])
+    stop = StopAgreement(payload.get("status"), worker.rank, worker.device)
     try:
         for x, y, index in worker.batches():
             step = worker.state.progress.step
@@ -183,8 +194,13 @@ def train_loop_per_worker(payload: dict):
             if not torch.isfinite(torch.tensor(metrics["weighted_loss"])):
                 worker.stop_nonfinite(step)
                 break
-            worker.report(metrics, progress)
+            preempted = stop.agreed() and worker.state.progress.step < worker.schedule.total_steps
+            worker.report(metrics, progress, stop=preempted)
+            if preempted:
+                worker.preempted()
+                break
     finally:
+        stop.close()
         worker.rows.close()
     if worker.debug_dir:
         from imf_core.checkpoint import save_tensors

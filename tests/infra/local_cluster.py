@@ -51,11 +51,13 @@ def head_env() -> dict:
 
 
 class LocalHead:
-    def __init__(self, num_cpus: int = 4):
+    def __init__(self, num_cpus: int = 4, env: dict | None = None):
         self.num_cpus = num_cpus
+        self.extra_env = env or {}
         self.proc = None
         self.temp_dir = None
         self.url = None
+        self.gcs = None
 
     def start(self, attempts: int = 3, timeout: float = 240):
         for _ in range(attempts):
@@ -70,12 +72,14 @@ class LocalHead:
         self.temp_dir = tempfile.mkdtemp(prefix="imfh", dir="/tmp")
         ports = {flag: free_port() for flag in PORT_FLAGS}
         self.url = f"http://127.0.0.1:{ports['--dashboard-port']}"
+        self.gcs = f"127.0.0.1:{ports['--port']}"
         self.log = Path(self.temp_dir + ".log")
         command = [str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
                    "--node-ip-address", "127.0.0.1", "--dashboard-host", "127.0.0.1",
                    *[str(x) for item in ports.items() for x in item],
                    "--num-cpus", str(self.num_cpus), "--temp-dir", self.temp_dir, "--disable-usage-stats"]
-        env = {**head_env(), "DASHBOARD_METRIC_PORT": str(free_port()), "AUTOSCALER_METRIC_PORT": str(free_port())}
+        env = {**head_env(), "DASHBOARD_METRIC_PORT": str(free_port()), "AUTOSCALER_METRIC_PORT": str(free_port()),
+               **self.extra_env}
         with open(self.log, "w") as log:
             self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
@@ -183,3 +187,60 @@ class MlflowServer:
             except subprocess.TimeoutExpired:
                 continue
         self.proc = None
+
+
+# A second node's own ports (the GCS, dashboard and client ports are the head's).
+NODE_PORT_FLAGS = ("--node-manager-port", "--object-manager-port", "--metrics-export-port",
+                   "--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port")
+
+
+class LocalNode:
+    """A second node on this machine (`ray start --address HEAD`) with CPUs and resources of its own; `kill()`
+    SIGKILLs all of its processes at once, as when a machine is lost."""
+
+    def __init__(self, head: LocalHead, num_cpus: int = 2, resources: dict | None = None):
+        self.head, self.num_cpus, self.resources = head, num_cpus, resources or {"node2": 1}
+        self.proc = None
+        self.log = Path(head.temp_dir + ".node.log")
+
+    def start(self, timeout: float = 240):
+        import json
+
+        ports = [str(x) for flag in NODE_PORT_FLAGS for x in (flag, free_port())]
+        command = [str(Path(sys.executable).parent / "ray"), "start", "--address", self.head.gcs, "--block",
+                   "--node-ip-address", "127.0.0.1", *ports, "--num-cpus", str(self.num_cpus),
+                   "--resources", json.dumps(self.resources), "--disable-usage-stats"]
+        with open(self.log, "w") as log:
+            self.proc = subprocess.Popen(command, env={**head_env(), **self.head.extra_env}, stdout=log,
+                                         stderr=subprocess.STDOUT, start_new_session=True)
+        deadline = time.time() + timeout
+        while time.time() < deadline and self.proc.poll() is None:
+            if "Ray runtime started" in self.log.read_text(errors="replace"):
+                return self
+            time.sleep(1)
+        self.kill()
+        raise RuntimeError(f"the second node did not come up in {timeout:.0f} s; see {self.log}")
+
+    def processes(self) -> list:
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except (psutil.NoSuchProcess, AttributeError):
+            return []
+
+    def kill(self) -> int:
+        """SIGKILL every process of the node; returns how many there were."""
+        procs = self.processes()
+        for p in procs:
+            try:
+                p.kill()
+            except psutil.NoSuchProcess:
+                pass
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+            self.proc.wait(timeout=30)
+        psutil.wait_procs(procs, timeout=10)
+        return len(procs)

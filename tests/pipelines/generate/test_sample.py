@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from pipelines import cli
+from tests.pipelines.listening import exposed, listening
 from tests.pipelines.model_helpers import model_folder, reference_images
 
 pytestmark = pytest.mark.timeout(900)
@@ -48,7 +49,7 @@ def test_images_are_fixed_per_index_and_class_balanced(tmp_path, ray_session):
         assert np.array_equal(scan.images, a["arr_0"])  # every format holds the same images
 
 
-def test_a_killed_job_rerun_finishes_only_the_missing_shards(tmp_path, ray_session):
+def test_a_killed_job_rerun_finishes_only_the_missing_shards_and_listened_on_loopback_only(tmp_path, ray_session):
     model = model_folder(tmp_path)
     whole = tmp_path / "whole"
     assert cli.main(sample_args(model, whole, "--actors", "1")) == 0
@@ -61,10 +62,12 @@ def test_a_killed_job_rerun_finishes_only_the_missing_shards(tmp_path, ray_sessi
     deadline = time.time() + 600
     while time.time() < deadline and len(list(parts.glob("shard-*.parquet"))) < 1:
         time.sleep(0.2)
+    sockets = listening(proc.pid)  # a local sampling job, mid-run: its own Ray instance and actor
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     survivors = {p.name: p.stat().st_mtime_ns for p in parts.glob("shard-*.parquet")}
     assert 1 <= len(survivors) < 4, "the job was not killed part-way"
+    assert len(sockets) >= 3 and not exposed(sockets), f"listening beyond loopback: {exposed(sockets)}"
     assert not (killed / "samples.npz").exists()
 
     assert cli.main(sample_args(model, killed, "--actors", "1")) == 0
