@@ -6,12 +6,13 @@ class (in scikit-learn's order) is held out for evaluation: split "test" (596 im
 writes for training. Pixels are scikit-learn's 0..16 values scaled to 0..255.
 """
 
+import io
 import json
-from pathlib import Path
 
 import numpy as np
 
 from ..errors import UserError
+from ..storage import Location
 from .images import DATASET_MARKER
 
 NAME = "sklearn-digits"
@@ -47,20 +48,20 @@ def write_embedded(out, split: str = "train") -> dict:
     """One split of the digits as a PNG class-folder tree (class folders 0..9)."""
     from PIL import Image
 
-    out = Path(out)
+    out = Location.of(out).check_writable("--out")
     names = [str(c) for c in range(10)]
-    if out.exists() and not out.is_dir():
+    if out.is_file():
         raise UserError(f"--out {out} is a file: pass a folder for the class-folder tree")
-    if out.is_dir():
-        strangers = sorted(p.name for p in out.iterdir() if p.name not in names + [DATASET_MARKER])
-        if strangers:
-            raise UserError(f"--out {out} already holds {', '.join(strangers[:3])}: pass a new or empty folder, "
-                            "so that the tree holds the digit classes only")
+    present = {rel.split("/")[0] for rel in out.files()} | set(out.dirs() if out.is_dir() else [])
+    strangers = sorted(present - set(names + [DATASET_MARKER]))
+    if strangers:
+        raise UserError(f"--out {out} already holds {', '.join(strangers[:3])}: pass a new or empty folder, "
+                        "so that the tree holds the digit classes only")
     pixels, labels, index = digits(split, with_index=True)
-    for name in names:
-        (out / name).mkdir(parents=True, exist_ok=True)
     for i, image, label in zip(index, pixels, labels):  # named by the position in scikit-learn's order
-        Image.fromarray(image, "L").save(out / str(label) / f"{i:04d}.png")
+        buffer = io.BytesIO()
+        Image.fromarray(image, "L").save(buffer, format="PNG")
+        out.join(str(label), f"{i:04d}.png").write_bytes(buffer.getvalue())
     (out / DATASET_MARKER).write_text(json.dumps({"dataset": NAME, "split": split}))
     return {"dataset": NAME, "split": split, "images": len(pixels), "classes": len(names),
             "size": list(pixels.shape[1:])}
@@ -78,7 +79,7 @@ def register(steps):
     kinds = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     embedded = kinds.add_parser("embedded", help="scikit-learn's digits: 1797 labelled 8x8 images, 10 classes "
                                                  "(no download)")
-    embedded.add_argument("--out", required=True, help="folder for the class-folder tree (PNG)")
+    embedded.add_argument("--out", required=True, help="folder or bucket prefix (s3://...) for the class-folder tree (PNG)")
     embedded.add_argument("--split", choices=SPLITS, default="train",
                           help="train (1201, the default), test (596 held out for evaluation) or all")
     embedded.set_defaults(func=_embedded)

@@ -38,7 +38,7 @@ def test_toy_objectives_bench():
 
 def test_encode_bench(tmp_path):
     out = run("bench/encode.py", "--count", "64", "--workers", "1", "--shard-size", "32")
-    assert "ratio Ray / bare" in out and "after the first shard" in out
+    assert "ratio Ray / bare" in out and "after the first shard" in out and "ratio S3 / local" in out
 
 
 def test_serve_bench():

@@ -143,3 +143,13 @@ def test_webdataset_tars_and_parquet_in_a_bucket_encode_like_class_folders(s3, r
     assert s3.keys(f"{bucket}/wrong") == []
     code = main(["encode", "--images", f"{bucket}/hf", "--out", "s3://no-such-bucket/latents", "--codec", "pixels"])
     assert code == 2 and "the bucket s3://no-such-bucket does not exist" in capsys.readouterr().err
+
+
+def test_the_embedded_digits_go_to_a_bucket_as_a_class_folder_tree(s3):
+    bucket = s3.bucket()
+    assert main(["data", "embedded", "--out", f"{bucket}/digits", "--split", "test"]) in (0, None)
+    keys = s3.keys(f"{bucket}/digits")
+    assert len(keys) == 596 + 1 and ".imf_dataset.json" in keys
+    assert sorted({k.split("/")[0] for k in keys if "/" in k}) == [str(c) for c in range(10)]
+    image = Image.open(io.BytesIO(s3.read(f"{bucket}/digits/{next(k for k in keys if '/' in k)}")))
+    assert image.size == (8, 8) and image.mode == "L"

@@ -13,7 +13,7 @@ pytestmark = pytest.mark.timeout(600)
 
 
 def train(data, config, storage, name, tmp_path, debug, *extra):
-    return cli.main(["train", "--data", data, "--config", str(config), "--workers", "2", "--storage", storage,
+    return cli.main(["train", "--data", data, "--config", str(config), "--workers", "1", "--storage", storage,
                      "--name", name, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--debug-dir", str(debug),
                      *extra])
 
@@ -37,7 +37,6 @@ def test_train_streams_bucket_latents_checkpoints_into_the_bucket_and_resumes(s3
     # Resumed from the bucket's checkpoint: only steps 2 and 3 run, and their checkpoint joins the first.
     assert train(f"{bucket}/latents", full, f"{bucket}/runs", "s3run", tmp_path, debug, "--resume", "s3run") == 0
     assert [e["step"] for e in batch_log(debug, 0)] == [0, 1, 2, 3]
-    assert [e["step"] for e in batch_log(debug, 1)] == [0, 1, 2, 3]
     keys = s3.keys(f"{bucket}/runs/s3run")
     assert [json.loads(s3.read(f"{bucket}/runs/s3run/{c}/progress.json"))["step"] for c in checkpoints(keys)] == [2, 4]
     weights = [k for k in keys if k.endswith("model/model.safetensors")]
