@@ -243,7 +243,7 @@ def finish(client, tracking_uri, exp, parent, space, results, args, num_rows, mo
 
 
 def register_best(best, space, model_name, manifest, client, tracking_uri, storage):
-    from pipelines.registry import register_checkpoint
+    from pipelines.models.registry import register_checkpoint
 
     cfg = config_from_dict(apply(space.base, best.params))
     guidance = {"omega": best.best.get("quick_fd_best_omega", max(cfg.sampling.omegas)),
