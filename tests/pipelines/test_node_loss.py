@@ -32,7 +32,7 @@ def cluster():
     finally:
         for node in nodes:
             node.kill()
-        head.stop()
+        head.stop(grace=10)  # a test cluster: no need to wait for a clean drain
 
 
 def add_node(cluster) -> LocalNode:
@@ -57,10 +57,10 @@ def wait_for(condition, timeout=300, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_training_survives_the_loss_of_a_node(cluster, tmp_path_factory):
+def test_training_survives_the_loss_of_a_node(cluster, tmp_path_factory, ray_session):
     head, _ = cluster
     tmp = tmp_path_factory.mktemp("node_loss_train")
-    latents = encoded_digits(tmp)
+    latents = encoded_digits(tmp)  # on the session's local instance; the training runs on the cluster
     config = write_config(tmp / "c.yaml", max_steps=12, checkpoint_every=2, log_every=1)
     node, debug = add_node(cluster), tmp / "debug"
     debug.mkdir()
