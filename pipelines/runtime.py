@@ -80,6 +80,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
         os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
         # Train workers would otherwise route print() through a logger and echo each progress line twice.
         os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
+        # Train's node-preemption watcher (observability only) has no other node to watch here, and its actor
+        # prints a core_worker ERROR line per run; SIGTERM preemption is ours (train/preemption.py).
+        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
         ray.init(address="local", num_cpus=num_cpus or local_cpus(), object_store_memory=object_store_bytes,
                  include_dashboard=False, logging_level="WARNING", _temp_dir=os.environ["RAY_TMPDIR"],
                  logging_config=ray.LoggingConfig(log_level="WARNING"),

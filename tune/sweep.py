@@ -8,6 +8,7 @@ Everything that can be checked (space, configs, data, workers, tracking store) i
 
 import contextlib
 import math
+import os
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -187,6 +188,8 @@ def fit(space, setup, args, storage, sweep, grace, max_concurrent):
         run_config=tune.RunConfig(name=sweep, **ray_storage(storage), verbose=0,
                                   callbacks=[trial_progress(args.trials)]),
     )
+    # Tune's newer console output prints its configuration box even at verbose 0; the classic one does not.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     return tuner.fit()
 
 

@@ -90,7 +90,7 @@ class QuickEval:
 
     def __init__(self, state, manifest, reference: np.ndarray, labels: np.ndarray, seed: int = 1):
         self.state, self.reference = state, reference
-        self.labels = torch.as_tensor(labels, dtype=torch.long)
+        self.labels = torch.tensor(np.asarray(labels), dtype=torch.long)  # a copy: labels may be read-only
         self.sampler = EMASampler(state, manifest)
         self.noise = torch.randn((len(labels), *manifest["latent_shape"]), generator=torch.Generator().manual_seed(seed))
 
