@@ -83,6 +83,9 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
         # Train's node-preemption watcher (observability only) has no other node to watch here, and its actor
         # prints a core_worker ERROR line per run; SIGTERM preemption is ours (train/preemption.py).
         os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+        # Train's controller polls its workers every 2 s by default: each start and end of a run waits a few
+        # polls, about 7 s of a 25 s tiny run on 2 cores. A poll is cheap next to that on one machine.
+        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
         ray.init(address="local", num_cpus=num_cpus or local_cpus(), object_store_memory=object_store_bytes,
                  include_dashboard=False, logging_level="WARNING", _temp_dir=os.environ["RAY_TMPDIR"],
                  logging_config=ray.LoggingConfig(log_level="WARNING"),

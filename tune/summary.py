@@ -71,6 +71,10 @@ def close_child_runs(client, experiment_id: str, parent_run_id: str, rows: list[
         if row:
             row.run_id, row.outcome = run.info.run_id, outcome
         client.set_tag(run.info.run_id, "imf.tune.outcome", outcome)
+        if outcome == "stopped early" and row and row.last_step is not None:
+            # Tune stops a trial some time after the report that decided it: its workers may have logged a
+            # few more steps to this run by then. This is the step ASHA judged it at.
+            client.set_tag(run.info.run_id, "imf.tune.stopped_at_step", str(row.last_step))
         if run.info.status == "RUNNING":
             status = {"completed": "FINISHED", "stopped early": "KILLED"}.get(outcome, "FAILED")
             history = client.get_metric_history(run.info.run_id, METRIC)

@@ -42,8 +42,9 @@ def test_a_small_sweep_stops_a_bad_trial_early_and_registers_the_best(tmp_path, 
     stopped = [rid for rid, (o, _) in outcome.items() if o == "stopped early"]
     completed = [rid for rid, (o, _) in outcome.items() if o == "completed"]
     assert stopped and completed and len(stopped) + len(completed) == 4
-    for rid in stopped:
-        assert outcome[rid][1] == "KILLED" and curves[rid][-1][0] < MAX_STEPS
+    for rid in stopped:  # its MLflow curve may run past the judged step: the stop reaches the workers later
+        judged = int(next(r for r in children if r.info.run_id == rid).data.tags["imf.tune.stopped_at_step"])
+        assert outcome[rid][1] == "KILLED" and judged < MAX_STEPS and curves[rid][-1][0] >= judged
     for rid in completed:
         assert outcome[rid][1] == "FINISHED" and [s for s, _ in curves[rid]] == [2, 4, 6, 8]
     lr = {r.info.run_id: r.data.params["optim.lr"] for r in children}
@@ -63,11 +64,13 @@ def test_a_small_sweep_stops_a_bad_trial_early_and_registers_the_best(tmp_path, 
         assert png.width >= 3 * 300  # one panel per swept parameter
 
     # The registry holds the best trial's best checkpoint, as challenger and (first version) champion.
-    best_run = min(curves, key=lambda rid: min(v for _, v in curves[rid]))
+    # Best among the reports Tune received (a stopped trial's late steps are not candidates).
+    best_run, best_fd = rows[0]["run_id"], rows[0]["quick_fd"]
+    assert any(v == pytest.approx(best_fd, abs=1e-5) for _, v in curves[best_run])
     version = client.get_model_version_by_alias("digits-tiny", "challenger")
     assert client.get_model_version_by_alias("digits-tiny", "champion").version == version.version
     assert version.run_id == best_run == parent.data.tags["imf.tune.best_run_id"]
-    assert float(version.tags["metric.quick_fd"]) == pytest.approx(min(v for _, v in curves[best_run]))
+    assert float(version.tags["metric.quick_fd"]) == pytest.approx(best_fd, abs=1e-5)
     config = json.loads(version.tags["imf.train_config"])
     best = next(r for r in children if r.info.run_id == best_run)
     assert str(config["optim"]["lr"]) == best.data.params["optim.lr"] == "0.003"

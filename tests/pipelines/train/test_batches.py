@@ -44,7 +44,7 @@ def test_streamed_rows_read_ahead_gives_each_epoch_as_a_direct_read_does(latents
     steps = 64 // 16
     rows = StreamedRows(ds, batch_size=16, seed=2, shuffle_buffer=32, steps_per_epoch=steps, read_ahead=3)
     try:
-        got = [indices(rows.epoch(e, skip=1 if e == 0 else 0)) for e in range(3)]
+        got = [indices(rows.epoch(e, skip=1 if e == 0 else 0)) for e in range(2)]
     finally:
         rows.close()
 
@@ -52,8 +52,9 @@ def test_streamed_rows_read_ahead_gives_each_epoch_as_a_direct_read_does(latents
         return indices(ds.iter_torch_batches(batch_size=16, dtypes=TORCH_DTYPES, drop_last=True,
                                              local_shuffle_buffer_size=32, local_shuffle_seed=2 * 100_003 + epoch))
 
-    assert got == [direct(0)[1:], direct(1), direct(2)]
-    assert got[1] != got[2]  # the local shuffle differs per epoch
+    first = direct(0)
+    assert got == [first[1:], direct(1)]
+    assert got[1] != first  # the local shuffle differs per epoch
 
 
 def test_the_in_memory_threshold_counts_a_workers_float16_share(latents):
