@@ -42,14 +42,15 @@ def test_a_small_sweep_stops_a_bad_trial_early_and_registers_the_best(tmp_path, 
     outcome = {r.info.run_id: (tags[r.info.run_id]["imf.tune.outcome"], r.info.status) for r in children}
     stopped = [rid for rid, (o, _) in outcome.items() if o == "stopped early"]
     completed = [rid for rid, (o, _) in outcome.items() if o == "completed"]
-    assert stopped and completed and len(stopped) + len(completed) == 4
+    state = {rid: (*outcome[rid], tags[rid].get("imf.tune.stopped_at_step"), curves[rid]) for rid in outcome}
+    assert stopped and completed and len(stopped) + len(completed) == 4, state
     for rid in stopped:  # its MLflow curve may run past the judged step: the stop reaches the workers later
         judged = int(tags[rid]["imf.tune.stopped_at_step"])
-        assert outcome[rid][1] == "KILLED" and judged < MAX_STEPS and curves[rid][-1][0] >= judged
+        assert outcome[rid][1] == "KILLED" and judged < MAX_STEPS and curves[rid][-1][0] >= judged, state
     for rid in completed:
-        assert outcome[rid][1] == "FINISHED" and [s for s, _ in curves[rid]] == [2, 4, 6, 8]
+        assert outcome[rid][1] == "FINISHED" and [s for s, _ in curves[rid]] == [2, 4, 6, 8], state
     lr = {r.info.run_id: r.data.params["optim.lr"] for r in children}
-    assert any(lr[rid] == "1e-06" for rid in stopped)  # the learning rate that cannot learn in 8 steps
+    assert any(lr[rid] == "1e-06" for rid in stopped), (lr, state)  # the lr that cannot learn in 8 steps
     assert parent.data.metrics["trials_stopped_early"] == len(stopped)
 
     # The summary: a table (best first) and one plot of quick_fd against each swept parameter.
@@ -71,7 +72,7 @@ def test_a_small_sweep_stops_a_bad_trial_early_and_registers_the_best(tmp_path, 
     matches = [v for _, v in curves[best_run] if v == pytest.approx(rows[0]["quick_fd"], abs=1e-6)]
     assert matches, (rows[0], curves[best_run])
     best_fd = matches[0]
-    assert best_fd <= min(v for rid in completed for _, v in curves[rid])  # Tune saw every completed report
+    assert best_fd <= min(v for rid in completed for _, v in curves[rid]), (rows, state)  # Tune saw them all
     version = client.get_model_version_by_alias("digits-tiny", "challenger")
     assert client.get_model_version_by_alias("digits-tiny", "champion").version == version.version
     assert version.run_id == best_run == parent.data.tags["imf.tune.best_run_id"]
