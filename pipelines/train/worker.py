@@ -180,6 +180,14 @@ class Worker:
         ray.train.report({"step": self.state.progress.step, "nonfinite_step": step})
 
 
+def controller_gone(err: BaseException) -> bool:
+    """Whether a report failed because the run's controller is gone, as when ASHA stops a trial: Ray Train's
+    SynchronizationActor, which the controller owns, died with it (Ray would print the worker's traceback)."""
+    from ray.exceptions import RayActorError
+
+    return isinstance(err, RayActorError) and "SynchronizationActor" in str(err)
+
+
 def train_loop_per_worker(payload: dict):
     quiet_report_lines()
     worker = Worker(payload)
@@ -199,6 +207,10 @@ def train_loop_per_worker(payload: dict):
             if preempted:
                 worker.preempted()
                 break
+    except Exception as err:
+        if not controller_gone(err):
+            raise
+        return  # Tune stopped this trial (or the driver died): nobody is left to report to
     finally:
         stop.close()
         worker.rows.close()

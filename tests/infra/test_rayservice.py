@@ -48,9 +48,13 @@ def test_replicas_fit_the_gpu_workers_and_run_the_imf_image_with_its_token():
                for g in gpu_groups)
     assert gpu_groups and all(g["minReplicas"] < g["maxReplicas"] for g in gpu_groups)
     assert args["min_replicas"] < args["max_replicas"] <= gpus
+    from pipelines.runtime import SERVE_FAST_PATH
+
     for template in pod_templates({"spec": cluster}):
         container = template["spec"]["containers"][0]
         assert container["image"] == IMAGE and token_env(container)
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {k: env.get(k) for k in SERVE_FAST_PATH} == SERVE_FAST_PATH  # the request path of a local instance
 
 
 def test_nothing_in_k8s_is_exposed_outside_the_cluster():

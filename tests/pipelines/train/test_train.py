@@ -1,4 +1,5 @@
-"""Distributed training on Ray Train (2 CPU workers, gloo), tracked in a local MLflow store."""
+"""Distributed training on Ray Train (2 CPU workers, gloo), tracked in a local MLflow store. The streamed
+reference run (`whole`) is made once in conftest.py; a run resumed from it is checked in test_train_s3.py."""
 
 import json
 import re
@@ -15,14 +16,9 @@ from pipelines import cli
 from pipelines.config import load_config
 from pipelines.data.shards import read_manifest, shard_files, to_training_batch
 from pipelines.train.state import TrainState
-from tests.pipelines.train_helpers import batch_log, encoded_digits, train, write_config
+from tests.pipelines.train_helpers import batch_log, train, write_config
 
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def latents(tmp_path_factory, ray_session):
-    return encoded_digits(tmp_path_factory.mktemp("digits"))
 
 
 def rows_by_index(latents):
@@ -54,16 +50,6 @@ def reference_params(latents, config_path, debug, steps, workers=2):
         joined = StepDraws(**{f: torch.cat([getattr(d, f) for d in draws]) for f in vars(draws[0])})
         state.step(torch.cat(xs), torch.cat(ys), joined, cfg.optim.lr)
     return state.model.state_dict()
-
-
-@pytest.fixture(scope="module")
-def whole(latents, tmp_path_factory):
-    """One uninterrupted 6-step run of 2 workers on streamed rows (Ray Data), read by the tests below.
-    64 images, 8 per worker: 4 steps per epoch, so step 3 is mid-epoch and step 6 is in epoch 1."""
-    tmp = tmp_path_factory.mktemp("whole")
-    config = write_config(tmp / "full.yaml", max_steps=6, checkpoint_every=3, data_in_memory_gb=0.0)
-    assert train(latents, config, tmp / "runs", "whole", debug=tmp / "debug") == 0
-    return tmp, config
 
 
 def test_two_workers_stay_in_sync_and_equal_one_worker_on_the_joined_batch(latents, whole):
@@ -98,26 +84,6 @@ def test_two_workers_stay_in_sync_and_equal_one_worker_on_the_joined_batch(laten
     grids = [a.path for a in client.list_artifacts(run_id, "samples/step_0000006")]
     assert grids == ["samples/step_0000006/omega_1.png", "samples/step_0000006/omega_2.png"]
     assert Path(run.data.tags["checkpoint.latest"], "model", "model.safetensors").is_file()
-
-
-def test_resumed_run_ends_identical_to_an_uninterrupted_one(latents, whole, tmp_path):
-    # Streamed rows (Ray Data); latents held in memory resume bit-identical in train/test_preemption.py, and
-    # their per-epoch shares are checked in train/test_batches.py. A worker that dies mid-run is restarted
-    # from the latest checkpoint in test_node_loss.py.
-    reference, full = whole
-    first = write_config(tmp_path / "first.yaml", max_steps=3, checkpoint_every=3, data_in_memory_gb=0.0)
-    runs = tmp_path / "runs"
-    assert train(latents, first, runs, "parts", debug=tmp_path / "d_parts") == 0
-    assert train(latents, full, runs, "parts", debug=tmp_path / "d_parts",
-                 extra=["--resume", "parts"]) == 0
-    whole_params = load_file(str(reference / "debug" / "params_rank0.safetensors"))
-    parts = load_file(str(tmp_path / "d_parts" / "params_rank0.safetensors"))
-    assert all(torch.equal(whole_params[k], parts[k]) for k in whole_params)
-    steps = [e["step"] for e in batch_log(tmp_path / "d_parts", 0)]
-    assert steps == [0, 1, 2, 3, 4, 5]  # the resumed run started at step 3, not from scratch
-    assert batch_log(tmp_path / "d_parts", 0) == batch_log(reference / "debug", 0)
-    epochs = [set(sum((e["index"] for e in batch_log(reference / "debug", r)[:4]), [])) for r in (0, 1)]
-    assert len(epochs[0]) == len(epochs[1]) == 32 and not epochs[0] & epochs[1]  # an epoch: disjoint shares
 
 
 def test_nonfinite_loss_stops_with_the_step_and_keeps_the_last_checkpoint(latents, tmp_path, capsys):
