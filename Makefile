@@ -23,8 +23,8 @@ install: $(STAMP)
 
 test: $(STAMP)
 	@# One thread per process: Ray workers and the test process share 2 cores, and spinning OpenMP threads stall them.
-	@# Two pytest-xdist workers (each with its own local Ray): tests/conftest.py groups them by file, longest first.
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	@# Two pytest-xdist workers (each with its own local Ray): tests/conftest.py groups them by file.
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 demo: $(STAMP)
 	@# One OpenMP thread per process here too: the two training workers (and later the sampling actors) share the cores.

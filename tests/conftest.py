@@ -12,26 +12,15 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 # `make test` runs the suite on two pytest-xdist workers (--dist loadgroup): each file is one unit of work, so its
-# module fixtures run once; files that read the same session fixture form one unit; the longest units go first.
-SHARED = {"tests/test_readme.py": "readme", "tests/tune/test_sweep.py": "readme",
-          "tests/pipelines/train/test_train.py": "streamed run", "tests/pipelines/train/test_train_s3.py": "streamed run"}
-LONGEST_FIRST = ["readme", "tests/pipelines/test_node_loss.py", "tests/pipelines/train/test_preemption.py",
-                 "streamed run",
-                 "tests/pipelines/ops/test_submit_cluster.py", "tests/pipelines/train/test_quality.py",
-                 "tests/pipelines/generate/test_sample.py", "tests/pipelines/data/test_encode_s3.py",
-                 "tests/bench/test_bench_smoke.py", "tests/pipelines/serve/test_app.py",
-                 "tests/pipelines/data/test_encode.py", "tests/pipelines/generate/test_sample_s3.py"]
+# module fixtures run once; files that read the same session fixture form one unit.
+SHARED = {"tests/pipelines/train/test_train.py": "streamed run", "tests/pipelines/train/test_train_s3.py": "streamed run"}
 
 
 @pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
 def pytest_collection_modifyitems(config, items):
-    unit = {}
     for item in items:
         path = item.path.relative_to(config.rootpath).as_posix()
-        unit[item] = SHARED.get(path, path)
-        item.add_marker(pytest.mark.xdist_group(unit[item]))
-    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(unit[item], len(rank)))
+        item.add_marker(pytest.mark.xdist_group(SHARED.get(path, path)))
 
 
 def randomize(net: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
@@ -59,15 +48,6 @@ def ray_session():
     ray = start_ray(None, num_cpus=4)
     yield ray
     ray.shutdown()
-
-
-@pytest.fixture(scope="session")
-def readme_walkthrough(tmp_path_factory):
-    """The README's walkthrough, run once: (its folder, what each block's process did)."""
-    from tests.walkthrough import run_walkthrough
-
-    folder = tmp_path_factory.mktemp("readme")
-    return folder, run_walkthrough(folder)
 
 
 @pytest.fixture(scope="session")

@@ -1,6 +1,4 @@
-"""The README's sweep (`imf tune --space tiny --trials 4 --max-steps 8 ...`, run in a fresh process by the
-walkthrough, tests/walkthrough.py): a Micro/2 on the encoded digits, ASHA on quick_fd, MLflow parent/child runs,
-registry."""
+"""A 4-trial sweep of a Micro/2 on encoded digits: ASHA on quick_fd, MLflow parent/child runs, registry."""
 
 import json
 from pathlib import Path
@@ -8,20 +6,24 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from pipelines import cli
+from tests.pipelines.train_helpers import encoded_digits
+
 MAX_STEPS = 8  # quick_fd (and a checkpoint) every 2 steps: ASHA rungs at steps 2, 4 and 8
-REGISTERED = "digits-sweep"
 
 
-@pytest.mark.timeout(1500)
-def test_a_small_sweep_stops_a_bad_trial_early_and_registers_the_best(readme_walkthrough, tmp_path):
+@pytest.mark.timeout(1200)
+def test_a_small_sweep_stops_a_bad_trial_early_and_registers_the_best(tmp_path, ray_session, capsys):
     from mlflow.tracking import MlflowClient
 
-    folder, ran = readme_walkthrough
-    [tune] = [r for r in ran if r.step == "tune"] or [ran[-1]]
-    assert tune.step == "tune" and tune.returncode == 0, f"{tune.text}\n{tune.stdout[-2000:]}{tune.stderr[-3000:]}"
-    assert f"--trials 4 --max-steps {MAX_STEPS} --evals 4" in tune.text and f"--register {REGISTERED}" in tune.text
-    assert "running up to 1 trial(s) at a time" in tune.stdout  # no GPU: one trainer trial at a time
-    uri = f"sqlite:///{folder}/mlruns/mlflow.db"
+    latents = encoded_digits(tmp_path)
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    status = cli.main(["tune", "--data", str(latents), "--space", "tiny", "--trials", "4", "--max-steps",
+                       str(MAX_STEPS), "--evals", "4", "--eval-samples", "64", "--storage", str(tmp_path / "runs"),
+                       "--name", "sweep", "--tracking-uri", uri, "--register", "digits-tiny"])
+    out = capsys.readouterr().out
+    assert status == 0, out[-3000:]
+    assert "running up to 1 trial(s) at a time" in out  # no GPU: one trainer trial at a time
 
     client = MlflowClient(uri)
     experiments = [e.experiment_id for e in client.search_experiments()]
@@ -71,8 +73,8 @@ def test_a_small_sweep_stops_a_bad_trial_early_and_registers_the_best(readme_wal
     assert matches, (rows[0], curves[best_run])
     best_fd = matches[0]
     assert best_fd <= min(v for rid in completed for _, v in curves[rid]), (rows, state)  # Tune saw them all
-    version = client.get_model_version_by_alias(REGISTERED, "challenger")
-    assert client.get_model_version_by_alias(REGISTERED, "champion").version == version.version
+    version = client.get_model_version_by_alias("digits-tiny", "challenger")
+    assert client.get_model_version_by_alias("digits-tiny", "champion").version == version.version
     assert version.run_id == best_run == parent.data.tags["imf.tune.best_run_id"]
     assert float(version.tags["metric.quick_fd"]) == pytest.approx(best_fd)
     config = json.loads(version.tags["imf.train_config"])
@@ -82,7 +84,7 @@ def test_a_small_sweep_stops_a_bad_trial_early_and_registers_the_best(readme_wal
     assert config["train"]["eval_every"] == 2 and config["train"]["max_steps"] == MAX_STEPS
 
     # Four checkpoints per completed trial were written; each trial keeps its best and its latest.
-    trial_dirs = [d for d in (folder / "imf_runs" / "sweep" / "train").iterdir() if d.is_dir()]
+    trial_dirs = [d for d in (tmp_path / "runs" / "sweep" / "train").iterdir() if d.is_dir()]
     assert len(trial_dirs) == 4
     kept = {d.name: sorted(c.name for c in d.glob("checkpoint_*") if c.is_dir()) for d in trial_dirs}
     assert all(1 <= len(names) <= 2 for names in kept.values()), kept
