@@ -4,7 +4,6 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.imf-installed
-TEST_WORKERS ?= 2
 DEMO_DIR ?= demo_out
 
 .PHONY: install test demo bench-cpu clean
@@ -23,8 +22,7 @@ install: $(STAMP)
 
 test: $(STAMP)
 	@# One thread per process: Ray workers and the test process share 2 cores, and spinning OpenMP threads stall them.
-	@# Two pytest-xdist workers (each with its own local Ray): tests/conftest.py groups them by file.
-	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --dist loadgroup
+	OMP_NUM_THREADS=1 $(PY) -m pytest
 
 demo: $(STAMP)
 	@# One OpenMP thread per process here too: the two training workers (and later the sampling actors) share the cores.

@@ -11,18 +11,6 @@ use_test_keys()  # before any Ray worker starts: the S3 tests' fake keys reach e
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
-# `make test` runs the suite on two pytest-xdist workers (--dist loadgroup): each file is one unit of work, so its
-# module fixtures run once; files that read the same session fixture form one unit.
-SHARED = {"tests/pipelines/train/test_train.py": "streamed run", "tests/pipelines/train/test_train_s3.py": "streamed run"}
-
-
-@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
-def pytest_collection_modifyitems(config, items):
-    for item in items:
-        path = item.path.relative_to(config.rootpath).as_posix()
-        item.add_marker(pytest.mark.xdist_group(SHARED.get(path, path)))
-
-
 def randomize(net: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
     """Replace every parameter (zero-initialised gates and final layers too) with small random values."""
     g = torch.Generator().manual_seed(seed)
