@@ -39,6 +39,15 @@ def ray_session():
 
 
 @pytest.fixture(scope="session")
+def walkthrough(tmp_path_factory):
+    """(folder, block runs) of the README's walkthrough, run once per session (tests/readme_walkthrough.py)."""
+    from tests.readme_walkthrough import run_walkthrough
+
+    folder = tmp_path_factory.mktemp("readme")
+    return folder, run_walkthrough(folder)
+
+
+@pytest.fixture(scope="session")
 def s3():
     """A real S3 API (moto's HTTP server) on a free port of 127.0.0.1; AWS_ENDPOINT_URL points at it."""
     server = S3Server()

@@ -14,7 +14,7 @@ import pytest
 
 from tests.infra.local_cluster import LocalHead, LocalNode, head_env
 from tests.pipelines.model_helpers import model_folder
-from tests.pipelines.train_helpers import batch_log, encoded_digits, write_config
+from tests.pipelines.train_helpers import batch_log, write_config
 
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,7 +33,7 @@ def cluster():
     finally:
         for node in nodes:
             node.kill()
-        head.stop(grace=10)  # a test cluster: no need to wait for a clean drain
+        head.stop(grace=2)  # a test cluster: no need to wait for a clean drain
 
 
 def add_node(cluster) -> LocalNode:
@@ -58,10 +58,9 @@ def wait_for(condition, timeout=300, what="condition"):
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def test_training_survives_the_loss_of_a_node(cluster, tmp_path_factory, ray_session):
+def test_training_survives_the_loss_of_a_node(cluster, tmp_path_factory, latents):
     head, _ = cluster
     tmp = tmp_path_factory.mktemp("node_loss_train")
-    latents = encoded_digits(tmp)  # on the session's local instance; the training runs on the cluster
     config = write_config(tmp / "c.yaml", max_steps=12, checkpoint_every=2, log_every=1)
     node, debug = add_node(cluster), tmp / "debug"
     debug.mkdir()

@@ -15,7 +15,7 @@ def head():
     try:
         yield cluster
     finally:
-        survivors = cluster.stop(grace=10)  # then SIGKILL: a test head need not drain
+        survivors = cluster.stop(grace=2)  # then SIGKILL: a test head need not drain
         assert not survivors, f"teardown left Ray processes running: {survivors}"
 
 

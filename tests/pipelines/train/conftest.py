@@ -3,12 +3,7 @@ per session; test_train.py compares it with one process, and test_train_s3.py wi
 
 import pytest
 
-from tests.pipelines.train_helpers import encoded_digits, train, write_config
-
-
-@pytest.fixture(scope="session")
-def latents(tmp_path_factory, ray_session):
-    return encoded_digits(tmp_path_factory.mktemp("digits"))
+from tests.pipelines.train_helpers import train, write_config
 
 
 @pytest.fixture(scope="session")

@@ -6,14 +6,7 @@ import torch
 
 from pipelines.data.shards import read_manifest, shard_files
 from pipelines.train.batches import InMemoryRows, StreamedRows, share_bytes
-from tests.pipelines.train_helpers import encoded_digits
-
 pytestmark = pytest.mark.timeout(600)
-
-
-@pytest.fixture(scope="module")
-def latents(tmp_path_factory, ray_session):
-    return encoded_digits(tmp_path_factory.mktemp("digits"))
 
 
 def indices(batches):

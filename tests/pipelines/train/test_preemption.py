@@ -16,7 +16,7 @@ import pytest
 
 from pipelines.train.preemption import PREEMPTED
 from tests.pipelines.listening import exposed, listening
-from tests.pipelines.train_helpers import batch_log, encoded_digits, train, write_config
+from tests.pipelines.train_helpers import batch_log, train, write_config
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[3]
@@ -26,9 +26,8 @@ FILES = ("model/model.safetensors", "ema.safetensors", "optimizer.safetensors", 
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory, ray_session):
+def setup(tmp_path_factory, latents):
     tmp = tmp_path_factory.mktemp("preempt")
-    latents = encoded_digits(tmp)
     config = write_config(tmp / "c.yaml", max_steps=STEPS, checkpoint_every=STEPS, log_every=STEPS)
     assert train(latents, config, tmp / "runs", "whole", debug=tmp / "d_whole") == 0
     return latents, config, tmp / "runs"

@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.pipelines.train_helpers import batch_log, encoded_digits, write_config
+from tests.pipelines.train_helpers import batch_log, write_config
 from pipelines import cli
 
 pytestmark = pytest.mark.timeout(600)
@@ -54,10 +54,9 @@ def stop(proc):
     proc.wait(timeout=30)
 
 
-def test_metrics_reach_a_server_and_its_disappearance_only_warns(tmp_path, ray_session):
+def test_metrics_reach_a_server_and_its_disappearance_only_warns(tmp_path, latents):
     from mlflow.tracking import MlflowClient
 
-    latents = encoded_digits(tmp_path)
     port = free_port()
     proc, db = start_server(tmp_path, port)
     debug = tmp_path / "debug"
