@@ -4,6 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.imf-installed
+TEST_WORKERS ?= 2
 DEMO_DIR ?= demo_out
 
 .PHONY: install test demo bench-cpu clean
@@ -22,7 +23,8 @@ install: $(STAMP)
 
 test: $(STAMP)
 	@# One thread per process: Ray workers and the test process share 2 cores, and spinning OpenMP threads stall them.
-	OMP_NUM_THREADS=1 $(PY) -m pytest
+	@# Two pytest-xdist workers, each with its own local Ray: tests/conftest.py schedules them by file, longest first.
+	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --no-loadscope-reorder
 
 demo: $(STAMP)
 	@# One OpenMP thread per process here too: the two training workers (and later the sampling actors) share the cores.

@@ -28,9 +28,14 @@ def local_cpus() -> int:
 SERVE_FAST_PATH = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
                    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
-# Loggers that a local instance without a dashboard makes noisy: Ray Train's placement-group
-# watchdog asks the State API (served by the dashboard) every second and warns each time it cannot.
-NOISY_WITHOUT_DASHBOARD = {"ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR}
+# Loggers that a local instance makes noisy: Ray Train's placement-group watchdog asks the State API (served by
+# the dashboard, which a local instance lacks) every second and warns each time it cannot; Train's controller tells
+# the cluster's autoscaler what a run needs, and on a busy machine that call times out and is logged with a
+# traceback that Ray itself calls safe to ignore (a local instance has no autoscaler to tell).
+NOISY_WITHOUT_DASHBOARD = {
+    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
+    "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client": logging.ERROR,
+}
 
 
 def quiet_dashboardless_worker():

@@ -11,6 +11,41 @@ use_test_keys()  # before any Ray worker starts: the S3 tests' fake keys reach e
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
+# `make test` runs the suite on two pytest-xdist workers: each file is one unit of work, so that its module fixtures
+# run once; files that read the same session fixture form one unit (the README's walkthrough; the streamed reference
+# run); the longest units go first (per-file times of a serial run), so that neither worker is left with a long one
+# at the end. (xdist's own `xdist_group` marks do nothing under pytest 9: they rewrite a node id that is read-only now.)
+SHARED = {"tests/test_readme.py": "readme walkthrough", "tests/tune/test_sweep.py": "readme walkthrough",
+          "tests/pipelines/train/test_train.py": "streamed run", "tests/pipelines/train/test_train_s3.py": "streamed run"}
+LONGEST_FIRST = ["readme walkthrough", "streamed run", "tests/pipelines/train/test_preemption.py",
+                 "tests/pipelines/train/test_quality.py", "tests/pipelines/test_node_loss.py",
+                 "tests/pipelines/ops/test_submit_cluster.py", "tests/bench/test_bench_smoke.py",
+                 "tests/pipelines/data/test_encode.py", "tests/pipelines/generate/test_sample.py",
+                 "tests/pipelines/serve/test_app.py", "tests/pipelines/data/test_encode_s3.py",
+                 "tests/pipelines/train/test_batches.py", "tests/pipelines/generate/test_sample_s3.py"]
+
+
+def unit_of(nodeid: str) -> str:
+    path = nodeid.split("::", 1)[0]
+    return SHARED.get(path, path)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: k for k, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(unit_of(item.nodeid), len(rank)))  # stable: a file keeps its own order
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    from xdist.scheduler import LoadFileScheduling
+
+    class ByUnit(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            return unit_of(nodeid)
+
+    return ByUnit(config, log)
+
+
 def randomize(net: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:
     """Replace every parameter (zero-initialised gates and final layers too) with small random values."""
     g = torch.Generator().manual_seed(seed)

@@ -8,6 +8,7 @@ writes for training. Pixels are scikit-learn's 0..16 values scaled to 0..255.
 
 import io
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 
@@ -58,10 +59,15 @@ def write_embedded(out, split: str = "train") -> dict:
         raise UserError(f"--out {out} already holds {', '.join(strangers[:3])}: pass a new or empty folder, "
                         "so that the tree holds the digit classes only")
     pixels, labels, index = digits(split, with_index=True)
-    for i, image, label in zip(index, pixels, labels):  # named by the position in scikit-learn's order
+
+    def write(i, image, label):  # named by the position in scikit-learn's order
         buffer = io.BytesIO()
         Image.fromarray(image, "L").save(buffer, format="PNG")
         out.join(str(label), f"{i:04d}.png").write_bytes(buffer.getvalue())
+
+    # A bucket takes one request per image: 16 in flight rather than one at a time.
+    with ThreadPoolExecutor(max_workers=1 if out.is_local else 16) as pool:
+        list(pool.map(write, index, pixels, labels))
     (out / DATASET_MARKER).write_text(json.dumps({"dataset": NAME, "split": split}))
     return {"dataset": NAME, "split": split, "images": len(pixels), "classes": len(names),
             "size": list(pixels.shape[1:])}

@@ -2,6 +2,8 @@
 (TrainState.step, as the pipeline runs it, without Ray) must reach a 1-NFE recall clearly above what each
 class's mean image gets (recall 0.00, pixel FD 5.4), against the held-out digits."""
 
+import os
+
 import pytest
 import torch
 
@@ -17,16 +19,16 @@ STEPS = 800  # about a minute on two cores; at 3000 steps (the demo) recall is n
 
 
 @pytest.fixture
-def two_threads():
-    """The suite runs one test at a time, so both cores are free for this in-process training."""
+def free_cores():
+    """Both cores for this in-process training where the suite runs one test at a time (not under xdist)."""
     before = torch.get_num_threads()
-    torch.set_num_threads(2)
+    torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
     yield
     torch.set_num_threads(before)
 
 
 @pytest.mark.timeout(900)
-def test_a_short_training_makes_diverse_one_step_digits(two_threads):
+def test_a_short_training_makes_diverse_one_step_digits(free_cores):
     cfg = load_config("demo")
     pixels, labels = digits("train")
     x, y = torch.tensor(pixels, dtype=torch.float32)[:, None] / 127.5 - 1, torch.as_tensor(labels)
