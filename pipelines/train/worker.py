@@ -10,6 +10,7 @@ import logging
 import os
 import resource
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -57,7 +58,7 @@ class Worker:
         self.cfg = config_from_dict(payload["config"])
         self.manifest = payload["manifest"]
         self.latent_shape = tuple(self.manifest["latent_shape"])
-        self.debug_dir = payload.get("debug_dir")  # tests: pids, batch indices and final weights per rank
+        self.debug_dir = payload.get("debug_dir")  # tests: pids, batch indices, final weights, a pause per step
         if self.debug_dir:
             Path(self.debug_dir, f"pid_rank{self.rank}").write_text(str(os.getpid()))
         self.state = self._restore()
@@ -117,6 +118,9 @@ class Worker:
         if self.debug_dir:
             with open(Path(self.debug_dir, f"batches_rank{self.rank}.jsonl"), "a") as f:
                 f.write(json.dumps({"step": p.step, "index": index.tolist()}) + "\n")
+            pause = Path(self.debug_dir, "pause_per_step_s")  # a run slow enough to be signalled midway
+            if pause.exists():
+                time.sleep(float(pause.read_text()))
         draws = draw_step(len(x), self.latent_shape, self.state.draw_cfg, step_generator(t.seed, p.step, self.rank))
         lr = self.state.learning_rate(self.schedule.steps_per_epoch)
         metrics = self.state.step(x, y, draws.to(self.device, dtype=torch.float32), lr)

@@ -20,7 +20,9 @@ from tests.pipelines.train_helpers import batch_log, train, write_config
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[3]
-STEPS = 24  # 4 steps per epoch; long enough to be signalled midway (a step takes about 0.1 s)
+STEPS = 24  # 4 steps per epoch
+PAUSE_S = 0.25  # per step of the runs that get signalled: a step alone takes about 0.07 s, and the stop (driver ->
+# status actor -> rank 0, polled once a step) takes longer than the rest of the run on a busy machine
 BOUND_S = 60  # from SIGTERM to the exit of the command (most of it: Ray Train and Ray shutting down)
 FILES = ("model/model.safetensors", "ema.safetensors", "optimizer.safetensors", "optimizer.json")
 
@@ -86,6 +88,7 @@ def test_sigterm_to_a_worker_then_to_the_driver_and_resume_is_bit_identical(setu
     latents, config, runs = setup
     debug = tmp_path / "debug"
     debug.mkdir()
+    (debug / "pause_per_step_s").write_text(str(PAUSE_S))
     sent = signal_when(debug, 1, lambda: int((debug / "pid_rank1").read_text()))
     assert train(latents, config, runs, "stopped", debug=debug) == PREEMPTED
     worker_exit = time.monotonic() - sent["at"]
@@ -107,6 +110,7 @@ def test_sigterm_to_a_worker_then_to_the_driver_and_resume_is_bit_identical(setu
     second = max(s for s in checkpoints(runs / "stopped"))
     assert first < second < STEPS and driver_exit < BOUND_S, (second, driver_exit)
 
+    (debug / "pause_per_step_s").unlink()
     assert train(latents, config, runs, "stopped", debug=debug, extra=["--resume", "stopped"]) == 0
     assert_resumed_identical(runs, "stopped", debug)
     print(f"\nworker SIGTERM: checkpoint at step {first}, exit {worker_exit:.1f} s after the signal; driver SIGTERM: "
