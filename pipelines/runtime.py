@@ -45,7 +45,8 @@ def quiet_dashboardless_worker():
     import ray
 
     for name, level in NOISY_WITHOUT_DASHBOARD.items():
-        logging.getLogger(name).setLevel(level)
+        # A filter, not a level: Ray Train's controller reconfigures `ray.train`, which resets its children's levels.
+        logging.getLogger(name).addFilter(lambda record, level=level: record.levelno >= level)
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     defer_sigterm()
 
