@@ -6,6 +6,7 @@ v-branch (auxiliary instantaneous velocity, dropped at inference). Module names
 follow the authors' released PyTorch checkpoints so they load as they are.
 """
 
+import inspect
 import math
 
 import torch
@@ -176,12 +177,7 @@ class IMFDiT(nn.Module):
         weight_init_constant=0.32,
     ):
         super().__init__()
-        if hidden_size % num_heads or (hidden_size // num_heads) % 2:
-            raise ValueError(f"hidden_size {hidden_size} must split into {num_heads} heads of even width")
-        if input_size % patch_size:
-            raise ValueError(f"input_size {input_size} is not a multiple of patch_size {patch_size}")
-        if not 0 < aux_head_depth <= depth:
-            raise ValueError(f"aux_head_depth {aux_head_depth} must be in [1, depth={depth}]")
+        check_sizes(input_size, patch_size, hidden_size, depth, num_heads, aux_head_depth)
         self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
         self.num_classes = num_classes
         self.in_channels = in_channels
@@ -290,6 +286,25 @@ SIZES = {
 
 def build_model(name: str, **overrides) -> IMFDiT:
     """build_model("B/2", input_size=32, in_channels=4, num_classes=1000, v_head=True)."""
+    check_model(name, **overrides)
+    return IMFDiT(**{**SIZES[name], **overrides})
+
+
+def check_sizes(input_size, patch_size, hidden_size, depth, num_heads, aux_head_depth):
+    """The shapes IMFDiT can be built with (ValueError otherwise)."""
+    if hidden_size % num_heads or (hidden_size // num_heads) % 2:
+        raise ValueError(f"hidden_size {hidden_size} must split into {num_heads} heads of even width")
+    if input_size % patch_size:
+        raise ValueError(f"input_size {input_size} is not a multiple of patch_size {patch_size}")
+    if not 0 < aux_head_depth <= depth:
+        raise ValueError(f"aux_head_depth {aux_head_depth} must be in [1, depth={depth}]")
+
+
+def check_model(name: str, **overrides):
+    """What build_model(name, **overrides) would refuse, without building: for config validation, where even a
+    meta-device build costs a second (its parameter inits import torch._dynamo)."""
     if name not in SIZES:
         raise ValueError(f"unknown model {name!r}; choose one of {', '.join(SIZES)}")
-    return IMFDiT(**{**SIZES[name], **overrides})
+    bound = inspect.signature(IMFDiT.__init__).bind(None, **{**SIZES[name], **overrides})  # TypeError: unknown key
+    bound.apply_defaults()
+    check_sizes(*(bound.arguments[k] for k in inspect.signature(check_sizes).parameters))

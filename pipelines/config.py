@@ -59,15 +59,12 @@ class ModelSection(BaseModel):
 
     @model_validator(mode="after")
     def _buildable(self):
-        """The network these settings make must exist (checked on the meta device: no memory, no time)."""
-        import torch
-
-        from imf_core import build_model
+        """The network these settings make must exist."""
+        from imf_core.model import check_model
 
         try:
-            with torch.device("meta"):
-                build_model(self.name, **self.overrides)
-        except (ValueError, RuntimeError, TypeError) as err:
+            check_model(self.name, **self.overrides)
+        except (ValueError, TypeError) as err:
             raise ValueError(f"model {self.name} with overrides {self.overrides} cannot be built: {err}") from None
         return self
 

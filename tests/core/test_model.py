@@ -4,6 +4,7 @@ import torch
 from imf_core import build_model, forward_ad_attention, load_official
 from imf_core.attention import apply_rope, explicit_attention, rope_tables
 from imf_core.checkpoint import load_model, save_model
+from imf_core.model import SIZES, IMFDiT, check_model
 
 PAPER_SIZES = {  # params without / with the v-branch (METHOD.md §6)
     "B/2": (89e6, 145.6e6),
@@ -152,3 +153,27 @@ def test_unknown_size_is_refused():
     with pytest.raises(ValueError, match="unknown model 'Q/2'"):
         build_model("Q/2")
 
+
+
+CHECK_CASES = [(name, {}) for name in SIZES] + [
+    ("B/2", {"num_heads": 7}), ("Micro/2", {"hidden_size": 30}), ("Micro/2", {"patch_size": 3}),
+    ("Micro/2", {"input_size": 12, "patch_size": 4}), ("Micro/2", {"aux_head_depth": 0}),
+    ("Micro/2", {"aux_head_depth": 4}), ("Micro/2", {"depth": 1}), ("Micro/2", {"hidden_size": 48, "num_heads": 4}),
+    ("Micro/2", {"heads": 2}), ("Nano/2", {})]
+
+
+@pytest.mark.parametrize("name,overrides", CHECK_CASES)
+def test_check_model_refuses_exactly_what_a_build_refuses(name, overrides):
+    """check_model (config validation, no build) against the network's constructor on the meta device."""
+    built = ValueError if name not in SIZES else None
+    try:
+        with torch.device("meta"):
+            IMFDiT(**{**SIZES.get(name, {}), **overrides})
+    except (ValueError, TypeError) as err:
+        built = type(err)
+    try:
+        check_model(name, **overrides)
+        checked = None
+    except (ValueError, TypeError) as err:
+        checked = type(err)
+    assert checked is built
