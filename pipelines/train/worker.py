@@ -59,8 +59,11 @@ class Worker:
         self.manifest = payload["manifest"]
         self.latent_shape = tuple(self.manifest["latent_shape"])
         self.debug_dir = payload.get("debug_dir")  # tests: pids, batch indices, final weights, a pause per step
+        self.pause_s = 0.0  # tests: a run slow enough to be signalled midway
         if self.debug_dir:
             Path(self.debug_dir, f"pid_rank{self.rank}").write_text(str(os.getpid()))
+            pause = Path(self.debug_dir, "pause_per_step_s")
+            self.pause_s = float(pause.read_text()) if pause.exists() else 0.0
         self.state = self._restore()
         evaluating = bool(self.cfg.train.eval_samples) and payload.get("reference") is not None
         self.schedule = Schedule.of(self.cfg, payload["num_rows"], self.world, evaluating)
@@ -118,9 +121,7 @@ class Worker:
         if self.debug_dir:
             with open(Path(self.debug_dir, f"batches_rank{self.rank}.jsonl"), "a") as f:
                 f.write(json.dumps({"step": p.step, "index": index.tolist()}) + "\n")
-            pause = Path(self.debug_dir, "pause_per_step_s")  # a run slow enough to be signalled midway
-            if pause.exists():
-                time.sleep(float(pause.read_text()))
+            time.sleep(self.pause_s)
         draws = draw_step(len(x), self.latent_shape, self.state.draw_cfg, step_generator(t.seed, p.step, self.rank))
         lr = self.state.learning_rate(self.schedule.steps_per_epoch)
         metrics = self.state.step(x, y, draws.to(self.device, dtype=torch.float32), lr)

@@ -154,7 +154,6 @@ def test_unknown_size_is_refused():
         build_model("Q/2")
 
 
-
 CHECK_CASES = [(name, {}) for name in SIZES] + [
     ("B/2", {"num_heads": 7}), ("Micro/2", {"hidden_size": 30}), ("Micro/2", {"patch_size": 3}),
     ("Micro/2", {"input_size": 12, "patch_size": 4}), ("Micro/2", {"aux_head_depth": 0}),
