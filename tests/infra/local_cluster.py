@@ -203,23 +203,31 @@ class LocalNode:
         self.proc = None
         self.log = Path(head.temp_dir + ".node.log")
 
-    def start(self, timeout: float = 240):
+    def start(self, attempts: int = 3, timeout: float = 240):
+        # `ray start` gives a node 30 s (fixed in Ray) to register with the GCS; on busy cores that can fail.
+        self.log.write_text("")  # the attempts of this start, appended
+        for _ in range(attempts):
+            if self._launch(timeout):
+                return self
+        raise RuntimeError(f"the second node did not come up in {attempts} attempts; see {self.log}")
+
+    def _launch(self, timeout: float) -> bool:
         import json
 
         ports = [str(x) for flag in NODE_PORT_FLAGS for x in (flag, free_port())]
         command = [str(Path(sys.executable).parent / "ray"), "start", "--address", self.head.gcs, "--block",
                    "--node-ip-address", "127.0.0.1", *ports, "--num-cpus", str(self.num_cpus),
                    "--resources", json.dumps(self.resources), "--disable-usage-stats"]
-        with open(self.log, "w") as log:
+        with open(self.log, "a") as log:
             self.proc = subprocess.Popen(command, env={**head_env(), **self.head.extra_env}, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
         deadline = time.time() + timeout
         while time.time() < deadline and self.proc.poll() is None:
             if "Ray runtime started" in self.log.read_text(errors="replace"):
-                return self
+                return True
             time.sleep(1)
         self.kill()
-        raise RuntimeError(f"the second node did not come up in {timeout:.0f} s; see {self.log}")
+        return False
 
     def processes(self) -> list:
         try:
