@@ -44,6 +44,7 @@ def head_env() -> dict:
         "RAY_agent_register_timeout_ms": "180000",
         "RAY_worker_register_timeout_seconds": "300",
         "RAY_USAGE_STATS_ENABLED": "0",
+        "RAY_prestart_worker_first_driver": "0",
         # The job's `python` must be this interpreter, which has the package installed.
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     })
