@@ -19,6 +19,14 @@ def default_tracking_uri(root="mlruns") -> str:
     return f"sqlite:///{root / 'mlflow.db'}"
 
 
+def absolute_store(uri: str) -> str:
+    """A relative SQLite URI (`sqlite:///runs/mlflow.db`, read from the working folder) made absolute: the
+    artifacts beside it need an absolute file URI, and Ray workers run in folders of their own."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return f"sqlite:///{Path(uri.removeprefix('sqlite:///')).resolve()}"
+    return uri
+
+
 def artifact_root(tracking_uri: str) -> str | None:
     """Where a local store keeps artifacts (None: let the server decide)."""
     if tracking_uri.startswith("sqlite:///"):
@@ -76,7 +84,7 @@ def connect(tracking_uri: str | None):
         logging.getLogger(name).setLevel(logging.WARNING)
     from mlflow.tracking import MlflowClient
 
-    uri = tracking_uri or default_tracking_uri()
+    uri = absolute_store(tracking_uri or default_tracking_uri())
     probe_server(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:

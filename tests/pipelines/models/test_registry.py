@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pipelines import cli
+from pipelines.tracking import connect
 from pipelines.models.registry import register_checkpoint, resolve_version, version_guidance
 from tests.pipelines.model_helpers import ema_network, fake_checkpoint, reference_images
 
@@ -147,3 +148,14 @@ def test_models_reference_resolves_against_the_given_store_in_a_fresh_process(tm
     folder, version = run.stdout.split()[-2:]
     assert version == "1" and (Path(folder) / "model.safetensors").is_file()
     assert not list(cwd.iterdir())  # no stray mlflow.db or mlruns/
+
+
+def test_a_relative_sqlite_store_is_the_file_under_the_working_folder(tmp_path, monkeypatch):
+    """`--tracking-uri sqlite:///runs/mlflow.db` (MLflow's relative form) names ./runs/mlflow.db: registering
+    there keeps its artifacts beside it, and the absolute URI of that file then finds the version from anywhere."""
+    monkeypatch.chdir(tmp_path)
+    register_checkpoint(fake_checkpoint(tmp_path / "c1", seed=1), "rel", "sqlite:///runs/mlflow.db")
+    assert (tmp_path / "runs" / "mlflow.db").is_file() and (tmp_path / "runs" / "artifacts").is_dir()
+    monkeypatch.chdir(tmp_path / "c1")
+    client, _ = connect(f"sqlite:///{tmp_path}/runs/mlflow.db")
+    assert int(resolve_version(client, "models:/rel@challenger").version) == 1
