@@ -4,6 +4,7 @@
     responses.py  the answer: a PNG (one image or a grid), an .npz of uint8 images, or JSON with base64 PNGs
     versions.py   what a replica serves: a registered version (following its alias) or a model folder
     spec.py       AppSpec: model, batching, replicas and their resources (plain data, no Ray import)
+    gather.py     the ingress's calls: requests that arrive while calls are out go together in the next one
     app.py        the deployments: an HTTP ingress and a batched, replicated generator (serve.batch)
     server.py     `imf serve` (ServeSpec): start the application on a local or given Ray cluster
 

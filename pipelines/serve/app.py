@@ -1,11 +1,13 @@
 """The Serve application of `imf serve`: an HTTP ingress in front of a batched, replicated generator.
 
     HTTP proxy ──▶ ImageIngress    parses and checks the request (schema.py), encodes the answer (responses.py);
+                       │           gathers the requests that arrive while its calls are out into one call
+                       │           (gather.py: a Ray call per request costs as much CPU as a small batch);
                        │           a call whose replica died is sent again (Serve replaces the replica)
                        ▼
                    ImageGenerator  one replica per GPU when the cluster has them (or --num-replicas auto:
-                                   autoscaled on ongoing requests); class names and guidance defaults of the
-                                   version it serves, then serve.batch across callers: one Generator.images
+                                   autoscaled on the calls it holds); class names and guidance defaults of the
+                                   version it serves, then serve.batch across calls: one Generator.images
                                    call per batch (at most --max-batch-size images, waiting --batch-wait-ms)
 
 `app_builder` is the same application for a Serve config file (KubeRay's RayService): its `args` are AppSpec's
@@ -22,6 +24,7 @@ from ray import serve
 
 from ..data.images import as_rgb_uint8
 from ..errors import UserError
+from .gather import Gatherer
 from .responses import encode, headers
 from .schema import ImageRequest, RequestError, parse_request
 from .spec import QUIET, AppSpec
@@ -29,6 +32,7 @@ from .versions import follows, load_served, pointed_label
 
 logger = logging.getLogger("ray.serve")
 RETRIES = 4  # calls per request when replicas die under it
+CALLS_PER_REPLICA = 2  # generator calls an ingress keeps out per replica: one running, one gathering the next batch
 
 
 @dataclass
@@ -83,20 +87,22 @@ class ImageGenerator:
         self._maybe_refresh()
         return self.served.info()
 
-    async def generate(self, request: dict) -> dict:
-        """The images of a checked request (schema.ImageRequest as a dict), or {"error": why}."""
+    async def generate(self, requests: list[dict]) -> list[dict]:
+        """The images of each checked request (schema.ImageRequest as a dict), or {"error": why}."""
         self._maybe_refresh()
-        served, request = self.served, ImageRequest(**request)
-        try:
-            rows = Rows(served, served.labels(request.classes), request.seeds, request.indices,
-                        served.guidance(request.guidance))
-        except (UserError, ValueError) as err:
-            return {"error": str(err)}
+        served, checked = self.served, []
+        for request in map(lambda r: ImageRequest(**r), requests):
+            try:
+                checked.append(Rows(served, served.labels(request.classes), request.seeds, request.indices,
+                                    served.guidance(request.guidance)))
+            except (UserError, ValueError) as err:
+                checked.append({"error": str(err)})
         # important: serve.batch closes a batch --batch-wait-ms after its first request even while the previous
         # one still runs; held here instead, the requests that came in meanwhile form the next batch together.
         while self.busy:
             await self.idle.wait()
-        return await self.run_batch(rows)
+        done = iter(await asyncio.gather(*(self.run_batch(rows) for rows in checked if isinstance(rows, Rows))))
+        return [rows if isinstance(rows, dict) else next(done) for rows in checked]
 
     @serve.batch(batch_size_fn=lambda batch: sum(len(rows.seeds) for rows in batch))
     async def run_batch(self, batch: list[Rows]) -> list[dict]:
@@ -128,8 +134,10 @@ class ImageGenerator:
 
 @serve.deployment(name="ImageIngress", logging_config=QUIET)
 class ImageIngress:
-    def __init__(self, generator, max_images: int):
+    def __init__(self, generator, max_images: int, max_batch_size: int, in_flight: int):
         self.generator, self.max_images = generator, max_images
+        self.gatherer = Gatherer(lambda requests: self._call("generate", requests), in_flight, max_batch_size,
+                                 items=lambda request: len(request["seeds"]))
 
     async def __call__(self, request):
         from starlette.responses import JSONResponse, Response
@@ -141,7 +149,7 @@ class ImageIngress:
                 return JSONResponse({"error": f"{request.method}: POST a JSON request, or GET the model's "
                                               "description"}, status_code=405)
             parsed = parse_request(await request.body(), self.max_images)
-            result = await self._call("generate", asdict(parsed))
+            result = await self.gatherer.submit(asdict(parsed))
             if "error" in result:
                 return JSONResponse({"error": result["error"]}, status_code=400)
             body, media_type = encode(result, parsed.format)
@@ -162,7 +170,7 @@ class ImageIngress:
             except RayActorError:  # the replica died with this request on it: Serve starts another
                 if attempt == RETRIES - 1:
                     raise
-                logger.warning("imf serve: a generator replica died; sending the request again")
+                logger.warning("imf serve: a generator replica died; sending its requests again")
                 await asyncio.sleep(0.2 * (attempt + 1))
 
 
@@ -174,7 +182,7 @@ def generator_options(spec: AppSpec, cluster_gpus: float) -> dict:
     if str(spec.num_replicas) == "auto":
         options["autoscaling_config"] = {
             "min_replicas": spec.min_replicas, "max_replicas": spec.max_replicas,
-            "target_ongoing_requests": spec.target_ongoing_requests or spec.max_batch_size}
+            "target_ongoing_requests": spec.target_ongoing_requests or CALLS_PER_REPLICA}
     else:
         options["num_replicas"] = int(spec.num_replicas)
     return options
@@ -187,8 +195,10 @@ def build_app(spec: AppSpec):
     gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
     app = {f.name: getattr(spec, f.name) for f in fields(AppSpec)}  # spec may be a ServeSpec
     generator = ImageGenerator.options(**generator_options(spec, gpus)).bind(app)
+    replicas = spec.max_replicas if str(spec.num_replicas) == "auto" else int(spec.num_replicas)
     return ImageIngress.options(num_replicas=spec.ingress_replicas, max_ongoing_requests=1024,
-                                ray_actor_options={"num_cpus": 0.5}).bind(generator, spec.max_images)
+                                ray_actor_options={"num_cpus": 0.5}).bind(
+        generator, spec.max_images, spec.max_batch_size, in_flight=CALLS_PER_REPLICA * replicas)
 
 
 def app_builder(args: dict):

@@ -103,7 +103,8 @@ def register(steps):
     p.add_argument("--min-replicas", type=int, default=1, help="with --num-replicas auto")
     p.add_argument("--max-replicas", type=int, default=4, help="with --num-replicas auto")
     p.add_argument("--target-ongoing-requests", type=float, default=None,
-                   help="with --num-replicas auto: requests per replica to scale at (default --max-batch-size)")
+                   help="with --num-replicas auto: calls per replica to scale at (a call: the requests an "
+                        "ingress gathered; default 2, one running and one gathering)")
     p.add_argument("--gpus-per-replica", type=float, default=None, help="default 1 when the cluster has GPUs")
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
     p.add_argument("--ingress-replicas", type=int, default=1, help="HTTP ingress replicas")

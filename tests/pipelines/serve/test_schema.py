@@ -92,7 +92,7 @@ def test_replicas_fixed_or_autoscaled_with_a_gpu_each_when_the_cluster_has_them(
     assert options["max_ongoing_requests"] >= 2 * spec.max_batch_size  # room for a full batch and the next
     options = generator_options(serve_spec("--num-replicas", "auto", "--max-replicas", "8"), cluster_gpus=16)
     assert "num_replicas" not in options and options["ray_actor_options"]["num_gpus"] == 1
-    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 32}
+    assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 2}
     assert generator_options(serve_spec("--gpus-per-replica", "0.5"), 8)["ray_actor_options"]["num_gpus"] == 0.5
 
 
