@@ -1,6 +1,7 @@
 """`imf serve` on the test run's Ray: a real Serve application called over HTTP by concurrent clients. Its images
 are the bytes `imf sample` writes, requests are batched across callers, bad requests get a 400 that says why, a
-dead replica costs no request, and the champion alias is followed without a restart."""
+dead replica costs no request, the champion alias is followed without a restart, and autoscaled generators
+add a replica under load."""
 
 import base64
 import concurrent.futures
@@ -63,11 +64,11 @@ def server(store, ray_session):
     serve.shutdown()
 
 
-def call(port, body, method="POST"):
+def call(port, body, method="POST", route="/"):
     """(status, headers, body bytes) of one request to the server."""
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    conn.request(method, "/", body=data, headers={"Content-Type": "application/json"})
+    conn.request(method, route, body=data, headers={"Content-Type": "application/json"})
     reply = conn.getresponse()
     out = reply.status, reply.headers, reply.read()  # headers: case-insensitive
     conn.close()
@@ -244,3 +245,44 @@ def test_the_champion_alias_is_followed_without_a_restart(server, store, sampled
     expected = in_process(store.folders[1], 7, range(3), CLASSES)
     assert np.array_equal(npz_images(body)["arr_0"], expected)
     assert not np.array_equal(expected, sampled["arr_0"][:3])
+
+
+def test_autoscaled_generators_add_a_replica_under_load(server, store, sampled):
+    """--num-replicas auto: calls queue at the one replica while clients keep sending, and Serve starts a second
+    (its upscale delay is Ray's default, 30 s); every answer is still the right image."""
+    import threading
+
+    from ray import serve
+
+    from pipelines.serve.app import build_app
+    from pipelines.serve.server import ServeSpec
+
+    spec = ServeSpec(model=str(store.folders[0]), num_replicas="auto", min_replicas=1, max_replicas=2,
+                     cpus_per_replica=0.5, max_batch_size=32, max_images=16, batch_wait_ms=20)
+    serve.run(build_app(spec), name="imf-auto", route_prefix="/auto")
+    deployment = lambda: serve.status().applications["imf-auto"].deployments["ImageGenerator"]  # noqa: E731
+    assert deployment().replica_states.get("RUNNING") == 1
+    labels = sampled["labels"]
+    guidance = json.loads(call(server.port, None, method="GET", route="/auto")[2])["guidance"]
+    assert guidance != GUIDANCE  # a folder is served with its own guidance, not the version's stored one
+    expected = in_process(store.folders[0], 7, range(8), labels.tolist(), guidance)
+    stop, answers = threading.Event(), []
+
+    def client(k):
+        while not stop.is_set():
+            request = {"class": [int(labels[k])], "seed": 7, "indices": [k], "format": "npz"}
+            answers.append((k, call(server.port, request, route="/auto")))
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            clients = [pool.submit(client, k) for k in range(8)]
+            deadline = time.time() + 150
+            while time.time() < deadline and deployment().replica_states.get("RUNNING", 0) < 2:
+                time.sleep(1.0)
+            stop.set()
+            [c.result() for c in clients]
+        assert deployment().replica_states.get("RUNNING", 0) == 2, deployment()
+        assert [status for _, (status, _, _) in answers] == [200] * len(answers) and len(answers) > 16
+        assert all(np.array_equal(npz_images(body)["arr_0"], expected[[k]]) for k, (_, _, body) in answers)
+    finally:
+        serve.delete("imf-auto")
