@@ -32,19 +32,20 @@ SERVE_FAST_PATH = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_RUN_USER_COD
 # the dashboard, which a local instance lacks) every second and warns each time it cannot; Train's controller tells
 # the cluster's autoscaler what a run needs, and on a busy machine that call times out and is logged with a
 # traceback that Ray itself calls safe to ignore (a local instance has no autoscaler to tell).
-NOISY_WITHOUT_DASHBOARD = {
+NOISY_ON_LOCAL_INSTANCES = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
     "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client": logging.ERROR,
 }
 
 
-def quiet_dashboardless_worker():
-    """worker_process_setup_hook of local instances: see NOISY_WITHOUT_DASHBOARD and defer_sigterm. Also names this instance in
-    RAY_ADDRESS: where several Ray instances run on one machine, Ray's own helpers in the workers (Train's
-    watchdog asks the State API with no address) would otherwise fail on "found multiple active Ray instances"."""
+def setup_local_worker():
+    """worker_process_setup_hook of local instances: see NOISY_ON_LOCAL_INSTANCES and defer_sigterm. Also names
+    this instance in RAY_ADDRESS: where several Ray instances run on one machine, Ray's own helpers in the workers
+    (Train's watchdog asks the State API with no address) would otherwise fail on "found multiple active Ray
+    instances"."""
     import ray
 
-    for name, level in NOISY_WITHOUT_DASHBOARD.items():
+    for name, level in NOISY_ON_LOCAL_INSTANCES.items():
         # A filter, not a level: Ray Train's controller reconfigures `ray.train`, which resets its children's levels.
         logging.getLogger(name).addFilter(lambda record, level=level: record.levelno >= level)
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
@@ -111,7 +112,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
         ray.init(address="local", num_cpus=num_cpus or local_cpus(), object_store_memory=object_store_bytes,
                  include_dashboard=False, logging_level="WARNING", _temp_dir=os.environ["RAY_TMPDIR"],
                  logging_config=ray.LoggingConfig(log_level="WARNING"),
-                 runtime_env={"worker_process_setup_hook": "pipelines.runtime.quiet_dashboardless_worker"})
+                 runtime_env={"worker_process_setup_hook": "pipelines.runtime.setup_local_worker"})
     else:
         try:
             ray.init(address=address, logging_level="WARNING", logging_config=ray.LoggingConfig(log_level="WARNING"))

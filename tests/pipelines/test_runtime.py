@@ -6,7 +6,7 @@ import logging.config
 
 import pytest
 
-from pipelines.runtime import NOISY_WITHOUT_DASHBOARD
+from pipelines.runtime import NOISY_ON_LOCAL_INSTANCES
 
 
 @pytest.mark.timeout(300)
@@ -23,9 +23,9 @@ def test_local_workers_quiet_only_the_loggers_that_need_a_dashboard(ray_session)
                     logging.LogRecord(name, level, __file__, 0, "m", None, None))
                        for level in (logging.WARNING, logging.ERROR)] for name in names}
 
-    names = [*NOISY_WITHOUT_DASHBOARD, "ray.train", "ray.data"]
+    names = [*NOISY_ON_LOCAL_INSTANCES, "ray.train", "ray.data"]
     seen = ray.get(passes.remote(names))
-    quiet = {n: [logging.WARNING >= level, logging.ERROR >= level] for n, level in NOISY_WITHOUT_DASHBOARD.items()}
-    assert {n: seen[n] for n in NOISY_WITHOUT_DASHBOARD} == quiet
-    assert all(seen[n][0] is False for n in NOISY_WITHOUT_DASHBOARD)  # each of them drops warnings
+    quiet = {n: [logging.WARNING >= level, logging.ERROR >= level] for n, level in NOISY_ON_LOCAL_INSTANCES.items()}
+    assert {n: seen[n] for n in NOISY_ON_LOCAL_INSTANCES} == quiet
+    assert all(seen[n][0] is False for n in NOISY_ON_LOCAL_INSTANCES)  # each of them drops warnings
     assert seen["ray.train"] == seen["ray.data"] == [True, True], seen
