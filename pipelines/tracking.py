@@ -31,8 +31,6 @@ def artifact_root(tracking_uri: str) -> str | None:
     """Where a local store keeps artifacts (None: let the server decide)."""
     if tracking_uri.startswith("sqlite:///"):
         return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
-    if tracking_uri.startswith("file:") or "://" not in tracking_uri:
-        return None
     return None
 
 

@@ -91,7 +91,8 @@ class ImageGenerator:
         """The images of each checked request (schema.ImageRequest as a dict), or {"error": why}."""
         self._maybe_refresh()
         served, checked = self.served, []
-        for request in map(lambda r: ImageRequest(**r), requests):
+        for request in requests:
+            request = ImageRequest(**request)
             try:
                 checked.append(Rows(served, served.labels(request.classes), request.seeds, request.indices,
                                     served.guidance(request.guidance)))
@@ -194,8 +195,9 @@ def build_app(spec: AppSpec):
     spec.check()
     gpus = ray.cluster_resources().get("GPU", 0) if ray.is_initialized() else 0
     app = {f.name: getattr(spec, f.name) for f in fields(AppSpec)}  # spec may be a ServeSpec
-    generator = ImageGenerator.options(**generator_options(spec, gpus)).bind(app)
-    replicas = spec.max_replicas if str(spec.num_replicas) == "auto" else int(spec.num_replicas)
+    options = generator_options(spec, gpus)
+    generator = ImageGenerator.options(**options).bind(app)
+    replicas = options.get("num_replicas") or options["autoscaling_config"]["max_replicas"]
     return ImageIngress.options(num_replicas=spec.ingress_replicas, max_ongoing_requests=1024,
                                 ray_actor_options={"num_cpus": 0.5}).bind(
         generator, spec.max_images, spec.max_batch_size, in_flight=CALLS_PER_REPLICA * replicas)

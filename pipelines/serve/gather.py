@@ -6,6 +6,7 @@ come in meanwhile wait, and the next free slot takes all of them (up to `max_ite
 """
 
 import asyncio
+from collections import deque
 from collections.abc import Awaitable, Callable
 
 
@@ -15,7 +16,7 @@ class Gatherer:
     def __init__(self, send: Callable[[list], Awaitable[list]], in_flight: int, max_items: int,
                  items: Callable[[object], int] = lambda request: 1):
         self.send, self.max_items, self.items = send, max_items, items
-        self.slots, self.waiting, self.dispatching = asyncio.Semaphore(in_flight), [], False
+        self.slots, self.waiting, self.dispatching = asyncio.Semaphore(in_flight), deque(), False
         self.tasks = set()  # the loop keeps only weak references to tasks
 
     async def submit(self, request):
@@ -36,9 +37,12 @@ class Gatherer:
             while self.waiting:
                 await self.slots.acquire()
                 group, items = [], 0
-                while self.waiting and (not group or items + self.items(self.waiting[0][0]) <= self.max_items):
-                    group.append(self.waiting.pop(0))
-                    items += self.items(group[-1][0])
+                while self.waiting:
+                    size = self.items(self.waiting[0][0])
+                    if group and items + size > self.max_items:
+                        break
+                    group.append(self.waiting.popleft())
+                    items += size
                 self._start(self._send(group))
         finally:
             self.dispatching = False
