@@ -1,5 +1,5 @@
 """The local Ray instance every step starts: its workers run the setup hook that quiets
-dashboard-less noise, and leave every other logger alone."""
+noise of an instance without dashboard or autoscaler, and leave every other logger alone."""
 
 import logging
 import logging.config
@@ -10,7 +10,7 @@ from pipelines.runtime import NOISY_ON_LOCAL_INSTANCES
 
 
 @pytest.mark.timeout(300)
-def test_local_workers_quiet_only_the_loggers_that_need_a_dashboard(ray_session):
+def test_local_workers_quiet_only_the_loggers_noisy_on_local_instances(ray_session):
     """Also after Ray Train has configured its loggers in that process, as its controller does (dictConfig of
     `ray.train`, which resets the levels of the loggers below it)."""
     ray = ray_session

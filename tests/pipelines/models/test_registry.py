@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from pipelines import cli
-from pipelines.tracking import connect
 from pipelines.models.registry import register_checkpoint, resolve_version, version_guidance
+from pipelines.tracking import connect
 from tests.pipelines.model_helpers import ema_network, fake_checkpoint, reference_images
 
 pytestmark = pytest.mark.timeout(600)

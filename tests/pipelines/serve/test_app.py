@@ -5,9 +5,11 @@ add a replica under load."""
 
 import base64
 import concurrent.futures
+import contextlib
 import http.client
 import io
 import json
+import threading
 import time
 from types import SimpleNamespace
 
@@ -132,6 +134,25 @@ def concurrent_requests(port, requests, clients=12):
         return list(pool.map(lambda body: call(port, body), requests))
 
 
+@contextlib.contextmanager
+def clients_sending(port, request_of, clients=8, route="/"):
+    """`clients` threads that send `request_of(k)` back to back until the block ends; yields their
+    (k, answer) list."""
+    stop, answers = threading.Event(), []
+
+    def client(k):
+        while not stop.is_set():
+            answers.append((k, call(port, request_of(k), route=route)))
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        futures = [pool.submit(client, k) for k in range(clients)]
+        try:
+            yield answers
+        finally:
+            stop.set()
+            [f.result() for f in futures]
+
+
 def test_concurrent_clients_are_batched_and_each_gets_its_own_images(server, sampled, store):
     images, labels = sampled["arr_0"], sampled["labels"]
     rng = np.random.default_rng(0)
@@ -191,23 +212,14 @@ def generator_replicas() -> set[str]:
 
 def test_a_dead_replica_is_replaced_without_failing_requests(server, sampled):
     """Clients keep sending while one of the two generator replicas is killed and until its replacement runs."""
-    import threading
-
     import ray
     from ray import serve
 
     before = generator_replicas()
     assert len(before) == 2
     images, labels = sampled["arr_0"], sampled["labels"]
-    stop, answers = threading.Event(), []
-
-    def client(k):
-        while not stop.is_set():
-            request = {"class": [int(labels[k])], "seed": 7, "indices": [k], "format": "npz"}
-            answers.append((k, call(server.port, request)))
-
-    with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        clients = [pool.submit(client, k) for k in range(8)]
+    request_of = lambda k: {"class": [int(labels[k])], "seed": 7, "indices": [k], "format": "npz"}  # noqa: E731
+    with clients_sending(server.port, request_of) as answers:
         time.sleep(1.0)
         victim = sorted(before)[0]
         ray.kill(ray.get_actor(victim, namespace="serve"), no_restart=True)
@@ -218,8 +230,6 @@ def test_a_dead_replica_is_replaced_without_failing_requests(server, sampled):
                 break
             time.sleep(0.5)
         time.sleep(1.0)
-        stop.set()
-        [c.result() for c in clients]
     assert states.get("RUNNING") == 2 and victim not in generator_replicas(), (states, generator_replicas())
     assert len(generator_replicas() - before) == 1
     failed = [(k, status, body[:200]) for k, (status, _, body) in answers if status != 200]
@@ -251,8 +261,6 @@ def test_autoscaled_generators_add_a_replica_under_load(server, store, sampled):
     """--num-replicas auto: 8 clients keep asking for 16 images each, a request fills a batch, so the ingress keeps
     its four calls out (two per replica of at most two) and they queue at the one replica; Serve starts a second
     (its upscale delay is Ray's default, 30 s), and every answer is still the right images."""
-    import threading
-
     from ray import serve
 
     from pipelines.serve.app import build_app
@@ -267,22 +275,13 @@ def test_autoscaled_generators_add_a_replica_under_load(server, store, sampled):
     assert guidance != GUIDANCE  # a folder is served with its own guidance, not the version's stored one
     request = {"class": CLASSES, "seed": 7, "count": 16, "format": "npz"}
     expected = in_process(store.folders[0], 7, range(16), [CLASSES[k % 3] for k in range(16)], guidance)
-    stop, answers = threading.Event(), []
-
-    def client():
-        while not stop.is_set():
-            answers.append(call(server.port, request, route="/auto"))
-
     try:
-        with concurrent.futures.ThreadPoolExecutor(8) as pool:
-            clients = [pool.submit(client) for _ in range(8)]
+        with clients_sending(server.port, lambda k: request, route="/auto") as answers:
             deadline = time.time() + 240  # on a busy machine Serve's metrics come late
             while time.time() < deadline and deployment().replica_states.get("RUNNING", 0) < 2:
                 time.sleep(1.0)
-            stop.set()
-            [c.result() for c in clients]
         assert deployment().replica_states.get("RUNNING", 0) == 2, deployment()
-        assert [status for status, _, _ in answers] == [200] * len(answers) and len(answers) > 16
-        assert all(np.array_equal(npz_images(body)["arr_0"], expected) for _, _, body in answers)
+        assert [status for _, (status, _, _) in answers] == [200] * len(answers) and len(answers) > 16
+        assert all(np.array_equal(npz_images(body)["arr_0"], expected) for _, (_, _, body) in answers)
     finally:
         serve.delete("imf-auto")
