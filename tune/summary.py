@@ -59,8 +59,8 @@ def trial_rows(results, expected_steps) -> list[TrialRow]:
 
 
 def close_child_runs(client, experiment_id: str, parent_run_id: str, rows: list[TrialRow]):
-    """Tag each child run with its trial's outcome. Tune ends a trial at its last report (ASHA's max_t),
-    before the trial can close its run: runs left RUNNING end as FINISHED, KILLED (ASHA) or FAILED."""
+    """Tag each child run with its trial's outcome. A trial ASHA stops early, or one whose actor died, cannot
+    close its own run: runs left RUNNING end as FINISHED, KILLED (ASHA) or FAILED."""
     by_trial = {r.trial_id: r for r in rows}
     children = client.search_runs([experiment_id], f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=10000)
     for run in children:

@@ -1,11 +1,16 @@
 """One trial of a sweep, run by Ray Tune: a child MLflow run, then a TorchTrainer fitted to the end
 (or until ASHA stops the trial). Imported only inside Ray processes and by the sweep driver."""
 
+import logging
+
 from ray import tune
-from ray.tune.integration.ray_train import TuneReportCallback
+from ray.exceptions import RayActorError
+from ray.train.v2._internal.execution.callback import ControllerCallback
+from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
 from pipelines.tracking import log_params
 from pipelines.train.driver import TrainSpec, build_trainer, prepare
+from pipelines.train.schedule import total_steps
 
 from .space import apply
 
@@ -15,12 +20,37 @@ TRIAL_TAG = "imf.tune.trial_id"
 
 class EvalReport(TuneReportCallback):
     """Passes Tune only the evaluation reports (rank 0's, with quick_fd): ASHA ranks trials on them, and
-    Tune refuses results that lack the metric it optimises. The loss curves go to MLflow."""
+    Tune refuses results that lack the metric it optimises. The loss curves go to MLflow.
+
+    The last step's report is held back: Tune ends a trial as soon as it sees step max_t, and a trial ended
+    while Ray Train still shuts its workers down makes the controller print a traceback (the workers died
+    with their owner). run_trial sends that report itself once fit() has returned."""
+
+    def __init__(self, last_step: int):
+        super().__init__()
+        self.last_step = last_step
 
     def after_report(self, run_context, metrics, checkpoint):
         evaluated = [m for m in metrics if METRIC in m]
-        if evaluated:
+        if evaluated and evaluated[0]["step"] < self.last_step:
             super().after_report(run_context, evaluated[:1], checkpoint)
+
+
+class QuietTeardown(ControllerCallback):
+    """Runs in the trial's Train controller. When ASHA stops a trial, Tune ends the trial's actor, which owns
+    the controller and through it the workers: the controller's shutdown then finds its workers dead with
+    their owner, and Ray logs that with a traceback it calls expected. Only that record is dropped; a worker
+    that crashed on its own is still logged (and fails the trial)."""
+
+    LOGGER = "ray.train.v2._internal.callbacks.backend_setup"
+
+    def after_controller_start(self, train_run_context):
+        logging.getLogger(self.LOGGER).addFilter(owner_died_filter)
+
+
+def owner_died_filter(record: logging.LogRecord) -> bool:
+    err = record.exc_info[1] if record.exc_info else None
+    return not (isinstance(err, RayActorError) and "its owner has died" in str(err))
 
 
 def run_trial(config: dict, setup: dict):
@@ -40,15 +70,19 @@ def run_trial(config: dict, setup: dict):
     log_params(client, run_id, {**run.cfg.flat(), "workers": spec.workers, "data": spec.data})
     print(f"trial {trial_id}: {swept}; MLflow run {run_id}", flush=True)
 
+    last_step = total_steps(run.cfg, run.num_rows, spec.workers)[1]
     trainer = build_trainer(spec, run, trial_id, setup["train_storage"], setup["tracking_uri"], run_id,
-                            callbacks=[EvalReport()], checkpoint_score=(METRIC, "min"))
+                            callbacks=[EvalReport(last_step), QuietTeardown()], checkpoint_score=(METRIC, "min"))
     try:
-        trainer.fit()
+        result = trainer.fit()
     except TrainingFailedError:
         client.set_terminated(run_id, "FAILED")
         raise
     nonfinite = "nonfinite_step" in client.get_run(run_id).data.tags  # set by rank 0 when the loss blew up
     client.set_terminated(run_id, "FAILED" if nonfinite else "FINISHED")
+    final = result.metrics or {}
+    if result.checkpoint and METRIC in final and final.get("step", 0) >= last_step:
+        tune.report({**final, CHECKPOINT_PATH_KEY: result.checkpoint.path})
 
 
 def _short(value):
