@@ -33,6 +33,16 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def ready_while_running(proc, ready, timeout: float, every: float) -> bool:
+    """Whether `ready()` came true within `timeout` seconds while `proc` still ran."""
+    deadline = time.time() + timeout
+    while time.time() < deadline and proc.poll() is None:
+        if ready():
+            return True
+        time.sleep(every)
+    return False
+
+
 def head_env() -> dict:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_TMPDIR")}
     env.update({
@@ -90,16 +100,16 @@ class LocalHead:
         raylet may still fail to register) and the Jobs API answers."""
         from ray.job_submission import JobSubmissionClient
 
-        deadline = time.time() + timeout
-        while time.time() < deadline and self.proc.poll() is None:
-            if "Ray runtime started" in self.log.read_text(errors="replace"):
-                try:
-                    JobSubmissionClient(self.url)
-                    return True
-                except ConnectionError:
-                    pass
-            time.sleep(2)
-        return False
+        def ready() -> bool:
+            if "Ray runtime started" not in self.log.read_text(errors="replace"):
+                return False
+            try:
+                JobSubmissionClient(self.url)
+                return True
+            except ConnectionError:
+                return False
+
+        return ready_while_running(self.proc, ready, timeout, every=2)
 
     def processes(self) -> list:
         """The head and everything it started (its workers and job drivers sit in other process groups)."""
@@ -164,15 +174,17 @@ class MlflowServer:
         with open(self.folder / "server.log", "w") as log:
             self.proc = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
                                          start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline and self.proc.poll() is None:
-            try:
-                urllib.request.urlopen(f"{self.url}/health", timeout=5)
-                return self
-            except OSError:
-                time.sleep(1)
+        if ready_while_running(self.proc, self._healthy, timeout, every=1):
+            return self
         self.stop()
         raise RuntimeError(f"mlflow server did not answer within {timeout:.0f} s; see {self.folder / 'server.log'}")
+
+    def _healthy(self) -> bool:
+        try:
+            urllib.request.urlopen(f"{self.url}/health", timeout=5)
+            return True
+        except OSError:
+            return False
 
     def stop(self):
         if self.proc is None:
@@ -222,11 +234,9 @@ class LocalNode:
         with open(self.log, "a") as log:
             self.proc = subprocess.Popen(command, env={**head_env(), **self.head.extra_env}, stdout=log,
                                          stderr=subprocess.STDOUT, start_new_session=True)
-        deadline = time.time() + timeout
-        while time.time() < deadline and self.proc.poll() is None:
-            if "Ray runtime started" in self.log.read_text(errors="replace"):
-                return True
-            time.sleep(1)
+        if ready_while_running(self.proc, lambda: "Ray runtime started" in self.log.read_text(errors="replace"),
+                               timeout, every=1):
+            return True
         self.kill()
         return False
 
