@@ -43,9 +43,12 @@ def write_config(path: Path, **train) -> Path:
     return path
 
 
-def train(latents, config, storage, name, workers=2, debug=None, extra=()):
+def train(latents, config, storage, name, workers=2, debug=None, extra=(), tracking_uri=None):
+    """`imf train` in this process; the MLflow store is storage/mlflow.db unless tracking_uri is given (a bucket's
+    storage needs one)."""
     argv = ["train", "--data", str(latents), "--config", str(config), "--workers", str(workers),
-            "--storage", str(storage), "--name", name, "--tracking-uri", f"sqlite:///{storage}/mlflow.db", *extra]
+            "--storage", str(storage), "--name", name,
+            "--tracking-uri", tracking_uri or f"sqlite:///{storage}/mlflow.db", *extra]
     if debug is not None:
         Path(debug).mkdir(parents=True, exist_ok=True)
         argv += ["--debug-dir", str(debug)]

@@ -11,15 +11,9 @@ import torch
 from safetensors.torch import load_file
 
 from pipelines import cli
-from tests.pipelines.train_helpers import batch_log, digits_tree, write_config
+from tests.pipelines.train_helpers import batch_log, digits_tree, train, write_config
 
 pytestmark = pytest.mark.timeout(600)
-
-
-def train(data, config, storage, name, tmp_path, debug, *extra):
-    return cli.main(["train", "--data", data, "--config", str(config), "--workers", "2", "--storage", storage,
-                     "--name", name, "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "--debug-dir", str(debug),
-                     *extra])
 
 
 def test_train_from_a_bucket_resumes_from_its_checkpoint_identical_to_an_uninterrupted_run(s3, whole, tmp_path,
@@ -33,14 +27,16 @@ def test_train_from_a_bucket_resumes_from_its_checkpoint_identical_to_an_uninter
     first = write_config(tmp_path / "first.yaml", max_steps=3, checkpoint_every=3, data_in_memory_gb=0.0)
     debug = tmp_path / "debug"
     debug.mkdir()
-    assert train(f"{bucket}/latents", first, f"{bucket}/runs", "s3run", tmp_path, debug) == 0
+    store = f"sqlite:///{tmp_path}/mlflow.db"
+    assert train(f"{bucket}/latents", first, f"{bucket}/runs", "s3run", debug=debug, tracking_uri=store) == 0
     keys = s3.keys(f"{bucket}/runs/s3run")
     assert "imf_run.json" in keys
     assert [json.loads(s3.read(f"{bucket}/runs/s3run/{c}/progress.json"))["step"] for c in checkpoints(keys)] == [3]
     assert f"latest checkpoint: {bucket}/runs/s3run/checkpoint_" in capsys.readouterr().out
 
     # Resumed from the bucket's checkpoint: only steps 3 to 5 run, and their checkpoint joins the first.
-    assert train(f"{bucket}/latents", full, f"{bucket}/runs", "s3run", tmp_path, debug, "--resume", "s3run") == 0
+    assert train(f"{bucket}/latents", full, f"{bucket}/runs", "s3run", debug=debug, extra=("--resume", "s3run"),
+                 tracking_uri=store) == 0
     assert [e["step"] for e in batch_log(debug, 0)] == [0, 1, 2, 3, 4, 5]  # step 3 on, not from scratch
     keys = s3.keys(f"{bucket}/runs/s3run")
     assert [json.loads(s3.read(f"{bucket}/runs/s3run/{c}/progress.json"))["step"] for c in checkpoints(keys)] == [3, 6]
@@ -58,7 +54,7 @@ def test_train_from_a_bucket_resumes_from_its_checkpoint_identical_to_an_uninter
 
     # A checkpoint in the bucket registers like a local one.
     latest = f"{bucket}/runs/s3run/{checkpoints(keys)[-1]}"
-    assert cli.main(["models", "--tracking-uri", f"sqlite:///{tmp_path}/mlflow.db", "register", latest, "--name",
+    assert cli.main(["models", "--tracking-uri", store, "register", latest, "--name",
                      "s3model", "--data", f"{bucket}/latents"]) == 0
     assert "registered s3model version 1" in capsys.readouterr().out
 
