@@ -30,9 +30,12 @@ class EvalReport(TuneReportCallback):
         super().__init__()
         self.last_step = last_step
 
+    def holds_back(self, report: dict) -> bool:
+        return METRIC in report and report.get("step", 0) >= self.last_step
+
     def after_report(self, run_context, metrics, checkpoint):
         evaluated = [m for m in metrics if METRIC in m]
-        if evaluated and evaluated[0]["step"] < self.last_step:
+        if evaluated and not self.holds_back(evaluated[0]):
             super().after_report(run_context, evaluated[:1], checkpoint)
 
 
@@ -70,9 +73,9 @@ def run_trial(config: dict, setup: dict):
     log_params(client, run_id, {**run.cfg.flat(), "workers": spec.workers, "data": spec.data})
     print(f"trial {trial_id}: {swept}; MLflow run {run_id}", flush=True)
 
-    last_step = total_steps(run.cfg, run.num_rows, spec.workers)[1]
+    report = EvalReport(last_step=total_steps(run.cfg, run.num_rows, spec.workers)[1])
     trainer = build_trainer(spec, run, trial_id, setup["train_storage"], setup["tracking_uri"], run_id,
-                            callbacks=[EvalReport(last_step), QuietTeardown()], checkpoint_score=(METRIC, "min"))
+                            callbacks=[report, QuietTeardown()], checkpoint_score=(METRIC, "min"))
     try:
         result = trainer.fit()
     except TrainingFailedError:
@@ -80,9 +83,8 @@ def run_trial(config: dict, setup: dict):
         raise
     nonfinite = "nonfinite_step" in client.get_run(run_id).data.tags  # set by rank 0 when the loss blew up
     client.set_terminated(run_id, "FAILED" if nonfinite else "FINISHED")
-    final = result.metrics or {}
-    if result.checkpoint and METRIC in final and final.get("step", 0) >= last_step:
-        tune.report({**final, CHECKPOINT_PATH_KEY: result.checkpoint.path})
+    if result.checkpoint and report.holds_back(result.metrics or {}):
+        tune.report({**result.metrics, CHECKPOINT_PATH_KEY: result.checkpoint.path})
 
 
 def _short(value):
