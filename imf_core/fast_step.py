@@ -10,18 +10,23 @@ Passes, in order:
      interval [0, 1], label kept, omega_eff = omega);
    - v_u (null class, omega 1) on rows whose target is guided (omega_eff != 1, label kept):
      elsewhere the target is e - x, exactly as the reference's (1 - 1/1) (v_c - v_u) = 0 gives;
-3. a no-grad JVP through trunk + u-branch on the rows with t != r only (the (t - r) factor
-   zeroes the others): forward-mode written out layer by layer for an IMFDiT
-   (`imf_core.tangent`), torch.func.jvp with an attention that has a forward-mode rule otherwise.
+3. du/dt through trunk + u-branch on the rows with t != r only (the (t - r) factor zeroes the
+   others), without gradient: forward-mode AD written out layer by layer for an IMFDiT
+   (`imf_core.tangent`), torch.func.jvp with an attention that has a forward-mode rule otherwise,
+   or a central finite difference of two plain forward passes (`imf_core.finite_difference`).
 No graph is kept for 2 and 3: du/dt, the tangent and the target are constants of the loss.
 """
+
+import contextlib
 
 import torch
 
 from .attention import forward_ad_attention
 from .draws import StepDraws
+from .finite_difference import DEFAULT_STEP, tangent_precision
 from .model import IMFDiT
-from .objectives import _call, _dropped_labels, _noisy, _weighted_terms, per_row
+from .objectives import (_call, _dropped_labels, _noisy, _weighted_terms, check_jvp, per_row,
+                         u_tangent_finite_difference)
 from .tangent import u_with_tangent
 
 
@@ -68,8 +73,12 @@ def _u_tangent_manual(net, z, t, r, omega, t_min, t_max, y, dz):
 class FastIMFObjective:
     """Drop-in for `IMFObjective` (same arguments, draws and `LossOutput`), cheaper per step.
 
-    jvp: "manual" (layer-by-layer forward-mode, IMFDiT only), "func" (torch.func.jvp) or
-    "auto" (manual for an IMFDiT, func for any other network).
+    jvp: how du/dt is taken. Forward-mode AD: "manual" (layer by layer, IMFDiT only), "func"
+    (torch.func.jvp) or "auto" (manual for an IMFDiT, func for any other network);
+    "finite_difference": a central difference with step `jvp_step` through the network's own
+    forward, fused attention included (`imf_core.finite_difference`).
+    jvp_precision: the precision of the du/dt pass, "auto" (fp32 for a finite difference, the step's
+    autocast for forward-mode AD), "fp32", "autocast" or "bf16" (`finite_difference.tangent_precision`).
     attention_rule, for jvp "func": how attention is differentiated, "sdpa" (fused primal with a
     hand-written tangent) or "explicit" (PyTorch's rules on written-out softmax attention);
     "auto" takes "sdpa" in eager mode and "explicit" when compiled, since Dynamo (torch 2.13)
@@ -83,11 +92,11 @@ class FastIMFObjective:
 
     def __init__(self, num_classes: int, tangent: str = "aux", norm_p: float = 1.0, norm_eps: float = 0.01,
                  jvp: str = "auto", attention_rule: str = "auto", compile: bool = False,
-                 compile_mode: str | None = None, row_multiple: int = 1):
+                 compile_mode: str | None = None, row_multiple: int = 1, jvp_step: float = DEFAULT_STEP,
+                 jvp_precision: str = "auto"):
         if tangent not in ("aux", "boundary"):
             raise ValueError(f"tangent {tangent!r} is not 'aux' or 'boundary'")
-        if jvp not in ("auto", "manual", "func"):
-            raise ValueError(f"jvp {jvp!r} is not 'auto', 'manual' or 'func'")
+        check_jvp(jvp, jvp_step, jvp_precision, methods=("auto", "manual", "func", "finite_difference"))
         if attention_rule not in ("auto", "sdpa", "explicit"):
             raise ValueError(f"attention_rule {attention_rule!r} is not 'auto', 'sdpa' or 'explicit'")
         if attention_rule == "auto":
@@ -96,16 +105,20 @@ class FastIMFObjective:
             raise ValueError(f"row_multiple = {row_multiple} must be >= 1")
         self.num_classes, self.tangent, self.norm_p, self.norm_eps = num_classes, tangent, norm_p, norm_eps
         self.jvp, self.attention_rule, self.row_multiple = jvp, attention_rule, row_multiple
+        self.jvp_step, self.jvp_precision = jvp_step, jvp_precision
         self.compiled = compile
         wrap = (lambda f: torch.compile(f, mode=compile_mode)) if compile else (lambda f: f)
         self._loss_forward = wrap(_loss_forward)
         self._velocity_query = wrap(_velocity_query)
-        self._u_tangent = {"func": wrap(_u_tangent), "manual": wrap(_u_tangent_manual)}
+        self._u_tangent = {"func": wrap(_u_tangent), "manual": wrap(_u_tangent_manual),
+                           "finite_difference": wrap(u_tangent_finite_difference)}
 
     def __call__(self, net, x, y, draws: StepDraws):
         inner = getattr(net, "module", net)
-        manual = self.jvp == "manual" or (self.jvp == "auto" and isinstance(inner, IMFDiT))
-        if manual and not isinstance(inner, IMFDiT):
+        jvp = self.jvp
+        if jvp == "auto":
+            jvp = "manual" if isinstance(inner, IMFDiT) else "func"
+        if jvp == "manual" and not isinstance(inner, IMFDiT):
             raise TypeError(f"jvp 'manual' needs an IMFDiT, got {type(inner).__name__}; use jvp='func'")
         t, r, omega, t_min, t_max = draws.t, draws.r, draws.omega, draws.t_min, draws.t_max
         # Row selection depends on the draws only: its host syncs come before any network work is queued.
@@ -147,8 +160,14 @@ class FastIMFObjective:
             m = moving_rows
             args = _pad_rows(self.row_multiple, self.compiled, z[m], t[m], r[m], omega[m], t_min[m], t_max[m],
                              y_in[m], v_c[m].to(z.dtype))
-            with torch.no_grad(), forward_ad_attention(rule=self.attention_rule):
-                tangent = self._u_tangent["manual" if manual else "func"](inner, *args)
+            fd = jvp == "finite_difference"
+            if fd:
+                args = (self.jvp_step, *args)
+            ad_attention = contextlib.nullcontext() if fd else forward_ad_attention(rule=self.attention_rule)
+            precision = tangent_precision(self.jvp_precision, z.device.type, finite_difference=fd)
+            with torch.no_grad(), ad_attention, precision:
+                tangent = self._u_tangent[jvp](inner, *args)
+            du_dt = du_dt.to(torch.promote_types(du_dt.dtype, tangent.dtype))  # an fp32 tangent stays fp32
             du_dt[m] = tangent[: m.numel()].to(du_dt.dtype)
 
         V = u + per_row(t - r, u) * du_dt

@@ -12,6 +12,7 @@ import torch
 
 from .attention import forward_ad_attention
 from .draws import StepDraws
+from .finite_difference import DEFAULT_STEP, PRECISIONS, central_difference, tangent_precision
 
 
 @dataclass
@@ -87,34 +88,78 @@ def _dropped_labels(y, draws, num_classes):
     return torch.where(draws.drop, torch.full_like(y, num_classes), y)
 
 
+JVP_METHODS = ("forward_ad", "finite_difference")
+
+
+def check_jvp(jvp, step, precision, methods=JVP_METHODS):
+    """ValueError for a du/dt method, finite-difference step or tangent precision the objectives do not take."""
+    if jvp not in methods:
+        raise ValueError(f"jvp {jvp!r} is not one of {methods}")
+    if not step > 0:
+        raise ValueError(f"jvp_step {step} must be > 0")
+    if precision not in PRECISIONS:
+        raise ValueError(f"jvp_precision {precision!r} is not one of {PRECISIONS}")
+
+
+def u_tangent_finite_difference(net, step, z, t, r, omega, t_min, t_max, y, dz):
+    """du/dt of the u-branch along (dz, 1, 0) at (z, t, r), by a central difference of forward passes."""
+
+    def u_fn(z, t, r, omega, t_min, t_max, y):
+        return _call(net, "u", z, t, t - r, omega, t_min, t_max, y)
+
+    fixed = (None,) * 5  # r and the conditions
+    return central_difference(u_fn, (z, t, r, omega, t_min, t_max, y), (dz, torch.ones_like(t), *fixed), step)
+
+
+def forward_with_tangent(net, with_v, z, t, r, conds, dz, jvp, step, precision):
+    """(u, v or None, du/dt): the loss forward at (z, t, r | conds) with the graph, and du/dt along
+    (dz, 1, 0) without it. conds: (omega, t_min, t_max, y).
+
+    forward_ad differentiates the loss forward itself (explicit attention; `precision` is then that
+    forward's too); finite_difference runs it as it is (fused attention) plus one pass on 2B rows.
+    """
+
+    def forward(z, t, r):
+        if with_v:
+            return net(z, t, t - r, *conds)
+        return _call(net, "u", z, t, t - r, *conds), torch.zeros(())
+
+    if jvp == "forward_ad":
+        with forward_ad_attention(), tangent_precision(precision, z.device.type, finite_difference=False):
+            u, du_dt, v = torch.func.jvp(forward, (z, t, r), (dz, torch.ones_like(t), torch.zeros_like(r)),
+                                         has_aux=True)
+    else:
+        u, v = forward(z, t, r)
+        with torch.no_grad(), tangent_precision(precision, z.device.type, finite_difference=True):
+            du_dt = u_tangent_finite_difference(net, step, z, t, r, *conds, dz)
+    return u, (v if with_v else None), du_dt.detach()
+
+
 class IMFObjective:
     """L = w(||u + (t - r) sg(du/dt) - sg(v_g)||^2) + w(||v - sg(v_g)||^2), METHOD.md §3.
 
     tangent "aux": v_theta from the auxiliary v-head (default, the released models);
     "boundary": v_theta = u_theta(z, t, t), no extra parameters and no v-term.
+    jvp: how du/dt is taken, "forward_ad" (torch.func.jvp) or "finite_difference" (a central
+    difference with step `jvp_step`); jvp_precision: "auto", "fp32", "autocast" or "bf16"
+    (`imf_core.finite_difference.tangent_precision`).
     """
 
-    def __init__(self, num_classes: int, tangent: str = "aux", norm_p: float = 1.0, norm_eps: float = 0.01):
+    def __init__(self, num_classes: int, tangent: str = "aux", norm_p: float = 1.0, norm_eps: float = 0.01,
+                 jvp: str = "forward_ad", jvp_step: float = DEFAULT_STEP, jvp_precision: str = "auto"):
         if tangent not in ("aux", "boundary"):
             raise ValueError(f"tangent {tangent!r} is not 'aux' or 'boundary'")
+        check_jvp(jvp, jvp_step, jvp_precision)
         self.num_classes, self.tangent, self.norm_p, self.norm_eps = num_classes, tangent, norm_p, norm_eps
+        self.jvp, self.jvp_step, self.jvp_precision = jvp, jvp_step, jvp_precision
 
     def __call__(self, net, x, y, draws: StepDraws) -> LossOutput:
         z, v_t = _noisy(x, draws)
         v_g, v_c = guided_target(net, self.tangent, z, v_t, y, draws, self.num_classes)
-        y_in = _dropped_labels(y, draws, self.num_classes)
-        omega, t_min, t_max = draws.omega, draws.t_min, draws.t_max
-
-        def u_fn(z, t, r):
-            u, v = net(z, t, t - r, omega, t_min, t_max, y_in)
-            return u, v
-
-        with forward_ad_attention():
-            u, du_dt, v = torch.func.jvp(
-                u_fn, (z, draws.t, draws.r), (v_c, torch.ones_like(draws.t), torch.zeros_like(draws.r)),
-                has_aux=True,
-            )
-        V = u + per_row(draws.t - draws.r, u) * du_dt.detach()
+        conds = (draws.omega, draws.t_min, draws.t_max, _dropped_labels(y, draws, self.num_classes))
+        u, v, du_dt = forward_with_tangent(net, True, z, draws.t, draws.r, conds, v_c, self.jvp, self.jvp_step,
+                                           self.jvp_precision)
+        V = u + per_row(draws.t - draws.r, u) * du_dt
         return _weighted_terms(V, v if self.tangent == "aux" else None, v_g, self.norm_p, self.norm_eps)
 
 
@@ -124,11 +169,15 @@ class MeanFlowObjective:
     v~ = omega (e - x) + kappa v_c + (1 - omega - kappa) v_u inside [t_start, t_end], fixed
     scales baked in (MF B/2: omega 1.0, kappa 0.5); v_c, v_u = u(z, t, t | c or null). The network
     is conditioned on omega = 1 and interval [0, 1]; draws.omega/t_min/t_max are not used.
+    jvp, jvp_step, jvp_precision: how du/dt is taken, as in `IMFObjective`.
     """
 
-    def __init__(self, num_classes, omega=1.0, kappa=0.5, t_start=0.0, t_end=1.0, norm_p=1.0, norm_eps=0.01):
+    def __init__(self, num_classes, omega=1.0, kappa=0.5, t_start=0.0, t_end=1.0, norm_p=1.0, norm_eps=0.01,
+                 jvp="forward_ad", jvp_step=DEFAULT_STEP, jvp_precision="auto"):
+        check_jvp(jvp, jvp_step, jvp_precision)
         self.num_classes, self.omega, self.kappa = num_classes, omega, kappa
         self.t_start, self.t_end, self.norm_p, self.norm_eps = t_start, t_end, norm_p, norm_eps
+        self.jvp, self.jvp_step, self.jvp_precision = jvp, jvp_step, jvp_precision
 
     @torch.no_grad()
     def guided_velocity(self, net, z, v_t, y, t):
@@ -148,14 +197,10 @@ class MeanFlowObjective:
         z, v_t = _noisy(x, draws)
         v_g = self.guided_velocity(net, z, v_t, y, draws.t)
         v_g = torch.where(per_row(draws.drop, v_t).bool(), v_t, v_g)
-        y_in = _dropped_labels(y, draws, self.num_classes)
         ones, zeros = torch.ones_like(draws.t), torch.zeros_like(draws.t)
-
-        def u_fn(z, t, r):
-            return _call(net, "u", z, t, t - r, ones, zeros, ones, y_in)
-
-        with forward_ad_attention():
-            u, du_dt = torch.func.jvp(u_fn, (z, draws.t, draws.r), (v_g, ones, zeros))
+        conds = (ones, zeros, ones, _dropped_labels(y, draws, self.num_classes))
+        u, _, du_dt = forward_with_tangent(net, False, z, draws.t, draws.r, conds, v_g, self.jvp, self.jvp_step,
+                                           self.jvp_precision)
         target = (v_g - per_row((draws.t - draws.r).clamp(0, 1), u) * du_dt).detach()
         return _weighted_terms(u, None, target, self.norm_p, self.norm_eps)
 

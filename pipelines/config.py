@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from imf_core import SIZES
 from imf_core.draws import DrawConfig
+from imf_core.finite_difference import DEFAULT_STEP
 
 from .errors import UserError
 
@@ -76,6 +77,12 @@ class ObjectiveSection(BaseModel):
     norm_p: float = Field(1.0, ge=0)
     norm_eps: float = Field(0.01, gt=0)
     fast: bool = True  # the optimised step (imf_core.FastIMFObjective; same loss and gradients)
+    # How du/dt is taken (imf and mf): forward-mode AD, or a central finite difference of two forward passes
+    # without gradient, which runs through fused attention kernels, FSDP and compiled graphs.
+    jvp: Literal["forward_ad", "finite_difference"] = "forward_ad"
+    jvp_step: float = Field(DEFAULT_STEP, gt=0, le=0.1)  # the finite difference's step (1e-2: the most accurate)
+    # The du/dt pass's precision under bf16: auto = fp32 for a finite difference, the step's autocast for forward AD.
+    jvp_precision: Literal["auto", "fp32", "autocast"] = "auto"
     mf_omega: float = Field(1.0, ge=0)  # original MeanFlow only
     mf_kappa: float = Field(0.5, ge=0)
     fm_guided: bool = False  # flow matching only

@@ -32,13 +32,16 @@ from ..config import TrainConfig
 
 def make_objective(cfg: TrainConfig, num_classes: int):
     o = cfg.objective
+    weighting = dict(norm_p=o.norm_p, norm_eps=o.norm_eps)
+    du_dt = dict(jvp_step=o.jvp_step, jvp_precision=o.jvp_precision)
+    if o.kind == "imf" and o.fast:
+        jvp = "auto" if o.jvp == "forward_ad" else o.jvp  # auto: the fastest forward-mode AD for the network
+        return FastIMFObjective(num_classes, tangent=o.tangent, jvp=jvp, **weighting, **du_dt)
     if o.kind == "imf":
-        kind = FastIMFObjective if o.fast else IMFObjective
-        return kind(num_classes, tangent=o.tangent, norm_p=o.norm_p, norm_eps=o.norm_eps)
+        return IMFObjective(num_classes, tangent=o.tangent, jvp=o.jvp, **weighting, **du_dt)
     if o.kind == "mf":
-        return MeanFlowObjective(num_classes, omega=o.mf_omega, kappa=o.mf_kappa, norm_p=o.norm_p, norm_eps=o.norm_eps)
-    return FlowMatchingObjective(num_classes, guided=o.fm_guided, tangent=o.tangent, norm_p=o.norm_p,
-                                 norm_eps=o.norm_eps)
+        return MeanFlowObjective(num_classes, omega=o.mf_omega, kappa=o.mf_kappa, jvp=o.jvp, **weighting, **du_dt)
+    return FlowMatchingObjective(num_classes, guided=o.fm_guided, tangent=o.tangent, **weighting)
 
 
 @dataclass

@@ -97,3 +97,36 @@ def test_yaml_numbers_as_people_write_them_and_a_config_by_name(tmp_path):
     empty.write_text("")
     with pytest.raises(UserError, match="is empty"):
         load_config(empty)
+
+
+@pytest.mark.parametrize("kind,fast,expected", [("imf", True, "FastIMFObjective"), ("imf", False, "IMFObjective"),
+                                                ("mf", True, "MeanFlowObjective")])
+def test_the_tangent_method_reaches_the_objective_from_set_and_a_step_runs(kind, fast, expected):
+    import torch
+
+    from imf_core import draw_step, step_generator
+    from pipelines.train.state import TrainState
+
+    cfg = load_config("demo", [f"objective.kind={kind}", f"objective.fast={str(fast).lower()}",
+                               "objective.jvp=finite_difference", "objective.jvp_step=3e-3",
+                               "objective.jvp_precision=fp32"])
+    state = TrainState(cfg, (1, 8, 8), 10, "cpu")
+    objective = state.objective
+    assert type(objective).__name__ == expected
+    assert (objective.jvp, objective.jvp_step, objective.jvp_precision) == ("finite_difference", 3e-3, "fp32")
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(10, (8,), generator=g)
+    metrics = state.step(x, y, draw_step(8, (1, 8, 8), state.draw_cfg, step_generator(0, 0)), lr=1e-3)
+    assert state.progress.step == 1 and metrics["grad_norm"] > 0
+    assert load_config("demo").objective.jvp == "forward_ad"  # the default
+
+
+@pytest.mark.parametrize("assignment,needle", [
+    ("objective.jvp=fd", "objective.jvp = 'fd' must be one of 'forward_ad' or 'finite_difference'"),
+    ("objective.jvp_step=0.5", "objective.jvp_step = 0.5 must be <= 0.1"),
+    ("objective.jvp_precision=bf16", "objective.jvp_precision = 'bf16' must be one of 'auto', 'fp32' or 'autocast'"),
+])
+def test_bad_tangent_settings_are_refused_by_key(assignment, needle):
+    with pytest.raises(UserError) as err:
+        load_config("demo", [assignment])
+    assert needle in str(err.value)
