@@ -1,5 +1,6 @@
 # make demo: set everything up and run the pipeline on the embedded dataset.
 # make test: set everything up and run the test suite.
+# make docs: set everything up and build the documentation site into site/ (every link and anchor checked).
 VENV ?= .venv
 PYTHON ?= python3
 PY := $(VENV)/bin/python
@@ -7,14 +8,14 @@ STAMP := $(VENV)/.imf-installed
 TEST_WORKERS ?= 2
 DEMO_DIR ?= demo_out
 
-.PHONY: install test demo bench-cpu clean
+.PHONY: install test demo docs bench-cpu clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	@# Without a GPU, take the CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
 	@if command -v nvidia-smi >/dev/null 2>&1; then echo "GPU found: torch comes from pyproject's range"; \
 	else $(PY) -m pip install -q --disable-pip-version-check torch==2.13.0; fi
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test]"
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,docs]"
 	@# torch-fidelity declares torchvision, whose PyPI wheels do not load beside this torch; its Inception-v3 needs none of it.
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps "torch-fidelity==0.4.0"
 	touch $(STAMP)
@@ -30,8 +31,11 @@ demo: $(STAMP)
 	@# One OpenMP thread per process here too: the two training workers (and later the sampling actors) share the cores.
 	OMP_NUM_THREADS=1 $(VENV)/bin/imf demo --out $(DEMO_DIR)
 
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
+
 bench-cpu: $(STAMP)
 	$(PY) bench/toy_objectives.py --steps 300
 
 clean:
-	rm -rf $(VENV) $(DEMO_DIR)
+	rm -rf $(VENV) $(DEMO_DIR) site

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-# Per-channel statistics of SD-VAE ft-MSE latents on ImageNet 256 (iMF, METHOD.md §7).
+# Per-channel statistics of SD-VAE ft-MSE latents on ImageNet 256 (iMF; docs/method.md, "Latents").
 SD_VAE_MEAN = (0.86488, -0.27787343, 0.21616915, 0.3738409)
 SD_VAE_STD = (4.85503674, 5.31922414, 3.93725398, 3.9870003)
 

@@ -1,4 +1,5 @@
-"""Every random draw of one training step (METHOD.md §4-§5), from an explicit generator.
+"""Every random draw of one training step (docs/method.md, "Guidance as conditioning" and "Time sampling"),
+from an explicit generator.
 
 `draw_step` returns a `StepDraws` that the objectives take as an argument, so a
 test (or the parity fixture) can fix every draw of a step.

@@ -1,4 +1,4 @@
-"""imfDiT: the in-context-conditioned DiT of improved MeanFlow (METHOD.md §6).
+"""imfDiT: the in-context-conditioned DiT of improved MeanFlow (docs/method.md, "Network").
 
 Conditions (class, omega, CFG interval, time gap h = t - r) become prefix tokens;
 no adaLN. A shared trunk feeds a u-branch (average velocity) and an optional

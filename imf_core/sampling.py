@@ -1,4 +1,4 @@
-"""k-step sampler on the uniform grid from t = 1 (noise) to t = 0 (data), METHOD.md §8."""
+"""k-step sampler on the uniform grid from t = 1 (noise) to t = 0 (data) (docs/method.md, "Sampling")."""
 
 import torch
 

@@ -1,8 +1,8 @@
 """Ray start-up shared by every step: a local instance on a laptop, or an existing cluster.
 
-Local instances follow what works on a 2-core machine (../shared/ECOSYSTEM.md): a
-short RAY_TMPDIR, token auth off, logical CPUs at least 4 so that Ray Data read
-tasks are not starved by training workers, and no dashboard.
+Local instances follow what works on a 2-core machine: a short RAY_TMPDIR, token auth
+off, logical CPUs at least 4 so that Ray Data read tasks are not starved by training
+workers, and no dashboard.
 """
 
 import logging

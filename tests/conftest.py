@@ -12,12 +12,12 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 # `make test` runs the suite on two pytest-xdist workers: each file is one unit of work, so that its module fixtures
-# run once; files that read the same session fixture form one unit (the README's walkthrough; the streamed reference
+# run once; files that read the same session fixture form one unit (the docs' walkthrough; the streamed reference
 # run); the longest units go first (per-file times of a serial run), so that neither worker is left with a long one
 # at the end. (xdist's own `xdist_group` marks do nothing under pytest 9: they rewrite a node id that is read-only now.)
-SHARED = {"tests/test_readme.py": "readme walkthrough", "tests/tune/test_sweep.py": "readme walkthrough",
+SHARED = {"tests/test_walkthrough.py": "walkthrough", "tests/tune/test_sweep.py": "walkthrough",
           "tests/pipelines/train/test_train.py": "streamed run", "tests/pipelines/train/test_train_s3.py": "streamed run"}
-LONGEST_FIRST = ["readme walkthrough", "streamed run", "tests/pipelines/train/test_preemption.py",
+LONGEST_FIRST = ["walkthrough", "streamed run", "tests/pipelines/train/test_preemption.py",
                  "tests/pipelines/train/test_quality.py", "tests/pipelines/test_node_loss.py",
                  "tests/pipelines/ops/test_submit_cluster.py", "tests/bench/test_bench_smoke.py",
                  "tests/pipelines/data/test_encode.py", "tests/pipelines/generate/test_sample.py",
@@ -75,11 +75,11 @@ def ray_session():
 
 @pytest.fixture(scope="session")
 def walkthrough(tmp_path_factory):
-    """(folder, block runs) of the README's walkthrough, run once per session (tests/readme_walkthrough.py)."""
-    from tests.readme_walkthrough import run_walkthrough
+    """(folder, block runs) of the docs' pipeline walkthrough, run once per session (tests/doc_blocks.py)."""
+    from tests.doc_blocks import WALKTHROUGH, run_blocks
 
-    folder = tmp_path_factory.mktemp("readme")
-    return folder, run_walkthrough(folder)
+    folder = tmp_path_factory.mktemp("walkthrough")
+    return folder, run_blocks(folder, WALKTHROUGH)
 
 
 @pytest.fixture(scope="session")

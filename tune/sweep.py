@@ -70,7 +70,7 @@ def sweep_settings(max_steps: int, evals: int, eval_samples: int) -> dict:
 
 def concurrency(args: TuneSpec, gpus: float, cpus: float) -> int:
     """Trials at once: as many as the cluster holds; one on a machine without GPUs, where concurrent
-    CPU trials starve Ray Data's read tasks (see ECOSYSTEM.md)."""
+    CPU trials starve Ray Data's read tasks."""
     import ray
 
     total = ray.cluster_resources()

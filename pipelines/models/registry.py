@@ -18,7 +18,7 @@ from .artifact import folder_from_checkpoint
 
 IMF_ROOT = Path(__file__).resolve().parents[2] / "imf_core"
 PYFUNC_FILE = Path(__file__).resolve().parent / "pyfunc_model.py"
-# The authors' released 1-NFE settings (METHOD.md §8).
+# The authors' released 1-NFE settings (docs/method.md, "Sampling").
 OFFICIAL_GUIDANCE = {
     "B/2": {"omega": 8.0, "t_min": 0.40, "t_max": 0.65, "steps": 1},
     "M/2": {"omega": 10.5, "t_min": 0.40, "t_max": 0.60, "steps": 1},

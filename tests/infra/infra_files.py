@@ -1,4 +1,4 @@
-"""Reading the files under infra/ and the `imf` commands they (and the README's cluster section) run."""
+"""Reading the files under infra/ and the `imf` commands they (and the code blocks of README.md and docs/) run."""
 
 import contextlib
 import io
@@ -13,7 +13,6 @@ from packaging.requirements import Requirement
 REPO = Path(__file__).resolve().parents[2]
 INFRA = REPO / "infra"
 IMAGE_ROOT = "/opt/imf/"  # where infra/docker/Dockerfile puts the checkout
-README_SECTION = "## From laptop to cluster"
 
 
 def yaml_docs(path: Path) -> list:
@@ -61,25 +60,24 @@ def docker_args(path: Path) -> dict[str, str]:
     return dict(a.split("=", 1) for i, a in dockerfile(path) if i == "ARG" and "=" in a)
 
 
-def shell_commands(text: str) -> list[str]:
-    """Commands of fenced code blocks, continuation lines joined."""
-    commands = []
-    for block in re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S):
+def shell_commands(block: str) -> list[str]:
+    """The commands of a code block's body, continuation lines joined."""
+    commands, pending = [], ""
+    for line in block.splitlines():
+        if line.rstrip().endswith("\\"):
+            pending += line.rstrip()[:-1] + " "
+            continue
+        commands.append((pending + line).strip())
         pending = ""
-        for line in block.splitlines():
-            if line.rstrip().endswith("\\"):
-                pending += line.rstrip()[:-1] + " "
-                continue
-            commands.append((pending + line).strip())
-            pending = ""
     return commands
 
 
-def readme_section() -> str:
-    text = (REPO / "README.md").read_text()
-    assert README_SECTION in text, f"README.md has no section {README_SECTION!r}"
-    section = text.split(README_SECTION, 1)[1]
-    return re.split(r"\n## ", section, maxsplit=1)[0]
+def documented_commands() -> list[tuple[str, str]]:
+    """(page, command) of every `imf` command in a code block of README.md or docs/, run by the tests or not."""
+    from tests.doc_blocks import fences, pages
+
+    return [(page, command) for page in pages() for _, body in fences(page) for command in shell_commands(body)
+            if imf_argv(command) is not None]
 
 
 def imf_argv(command: str) -> list[str] | None:

@@ -1,10 +1,11 @@
-"""The Ray cluster launcher config, the KubeRay manifests, and every `imf` command they or the README's
-cluster section run: parsed by the real CLI parser, with the repository files they name."""
+"""The Ray cluster launcher config, the KubeRay manifests, and every `imf` command they or the documentation show
+(README.md and docs/, the cluster commands that the tests cannot run too): parsed by the real CLI parser, with the
+repository files they name."""
 
 import pytest
 
-from tests.infra.infra_files import (INFRA, docker_args, imf_argv, parse_error, project_version, readme_section,
-                                     rayjobs, repo_file_problems, shell_commands, yaml_docs)
+from tests.infra.infra_files import (INFRA, docker_args, documented_commands, imf_argv, parse_error, project_version,
+                                     rayjobs, repo_file_problems, yaml_docs)
 
 STEPS = ("encode", "train", "tune", "register", "sample", "evaluate")
 IMAGE = f"REGISTRY/imf:{project_version()}"
@@ -15,8 +16,7 @@ def commands():
     found = []
     for name, docs in rayjobs().items():
         found += [(f"{name}:{doc['metadata']['name']}", doc["spec"]["entrypoint"]) for doc in docs]
-    found += [("README", c) for c in shell_commands(readme_section()) if imf_argv(c) is not None]
-    return found
+    return found + documented_commands()
 
 
 def raycluster():
@@ -28,10 +28,11 @@ def pod_templates(cluster):
     return [cluster["spec"]["headGroupSpec"]["template"]] + [g["template"] for g in cluster["spec"]["workerGroupSpecs"]]
 
 
-def test_every_step_has_a_rayjob_and_the_readme_runs_all_six():
+def test_every_step_has_a_rayjob_and_the_cluster_page_submits_all_six():
     assert sorted(rayjobs()) == sorted(f"rayjob-{s}.yaml" for s in STEPS)
-    readme_steps = {parse_step(argv) for _, c in commands() if (argv := imf_argv(c)) and argv[0] == "submit"}
-    assert {"encode", "train", "tune", "models", "sample", "evaluate"} <= readme_steps
+    submitted = {parse_step(argv) for page, c in documented_commands()
+                 if page == "docs/cluster.md" and (argv := imf_argv(c)) and argv[0] == "submit"}
+    assert {"encode", "train", "tune", "models", "sample", "evaluate"} <= submitted
 
 
 def parse_step(argv):

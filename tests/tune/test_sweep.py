@@ -1,6 +1,7 @@
-"""The README's sweep (`imf tune --space tiny --trials 2 --max-steps 8 --evals 4`, run by the session's README
-walkthrough) of a Micro/2 on encoded digits: ASHA on quick_fd, MLflow parent/child runs, registry. Its trials run
-one at a time in grid order, lr 0.003 then 1e-06, so ASHA judges the second against the first."""
+"""The walkthrough's sweep (`imf tune --space tiny --trials 2 --max-steps 8 --evals 4`, run by the session's
+walkthrough of docs/quickstart.md) of a Micro/2 on encoded digits: ASHA on quick_fd, MLflow parent/child runs,
+registry. Its trials run one at a time in grid order, lr 0.003 then 1e-06, so ASHA judges the second against the
+first."""
 
 import json
 from pathlib import Path

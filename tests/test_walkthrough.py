@@ -1,10 +1,11 @@
-"""The README's runnable blocks work as written, in a fresh folder (tests/readme_walkthrough.py runs them)."""
+"""The pipeline walkthrough (docs/quickstart.md) works as written, in a fresh folder (tests/doc_blocks.py runs it
+once per session)."""
 
 import re
 
 import pytest
 
-from tests.readme_walkthrough import blocks
+from tests.doc_blocks import blocks
 
 # The project's own console lines: progress lines, announcements, results.
 OWN = re.compile(r"^(imf |encode: |train: |training |sample: |sweep: |tune: |trial |sweep |running up to |best |run |"
@@ -13,14 +14,14 @@ OWN = re.compile(r"^(imf |encode: |train: |training |sample: |sweep: |tune: |tri
 LONG_STEPS = ("encode", "train", "sample", "tune")
 
 
-def test_the_readme_has_the_pipeline_walkthrough():
+def test_the_walkthrough_page_has_the_whole_pipeline():
     commands = [text.split()[1] for kind, text in blocks() if kind == "console"]
     assert commands[:8] == ["data", "encode", "train", "models", "evaluate", "sample", "evaluate", "tune"]
     assert sum(kind == "python" for kind, _ in blocks()) >= 2
 
 
 @pytest.mark.timeout(1500)
-def test_every_runnable_readme_block_works_as_written_in_a_fresh_folder(walkthrough):
+def test_every_walkthrough_block_works_as_written_in_a_fresh_folder(walkthrough):
     folder, runs = walkthrough
     for run in runs:
         assert run.returncode == 0, f"{run.where}\nexit {run.returncode}\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
