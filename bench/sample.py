@@ -1,7 +1,7 @@
 """1-NFE generation and decoding, side by side.
 
   authors   the same network run the way the authors' PyTorch inference does it: einsum
-            attention, RoPE through complex64 views, RMSNorm with fp32 casts (METHOD.md §6)
+            attention, RoPE through complex64 views, RMSNorm with fp32 casts (docs/method.md, "Network")
   ours      imf_core.sample (fused SDPA attention), eager and, with --compile, compiled
   decode    the SD-VAE decoder alone (imf_core's SDVAECodec: bf16, channels-last on CUDA)
   e2e       ours + decoder + uint8 + writing the images (a thread pool writes them)
@@ -56,7 +56,7 @@ def parse():
     return p.parse_args()
 
 
-# --- the authors' way of running the network (written from METHOD.md §6, for comparison) ---
+# --- the authors' way of running the network (written from docs/method.md, "Network", for comparison) ---
 
 def _rms(x, weight, eps):
     return (x.float() * torch.rsqrt(x.float().pow(2).mean(-1, keepdim=True) + eps)).type_as(x) * weight

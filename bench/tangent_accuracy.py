@@ -10,11 +10,12 @@
    difference, against the fp32 step with forward-mode AD: loss error, per-tensor gradient error.
 
 Networks: the parity fixture's (the authors' network layout at depth 3, width 32; its weights and
-draws) and a B/2-shaped one (depth 12 with 8 blocks per branch, width 64, 276 tokens of 32x32x4
-latents, 1000 classes; random weights, gates included; DrawConfig() draws).
+draws) and a B/2-shaped one (depth 12 with 8 blocks per branch, width 64 unless --b2-shape says
+otherwise, 276 tokens of 32x32x4 latents, 1000 classes; random weights, gates included; DrawConfig()
+draws). On a GPU, table 2 gains a row for fp32 with TF32 matmuls.
 
     OMP_NUM_THREADS=1 python bench/tangent_accuracy.py            # CPU, about 2 minutes
-    python bench/tangent_accuracy.py --device cuda --tables bf16   # the GPU's own kernels
+    python bench/tangent_accuracy.py --device cuda --b2-shape hidden_size=768,num_heads=12 --batch 32  # B/2 itself
 """
 
 import argparse
@@ -45,14 +46,16 @@ def parity_case(device):
     return "parity network (depth 3, width 32)", jax_fixture.build_network(data).to(device), x, y, draws
 
 
-def b2_shaped_case(device, batch=16, seed=0):
+def b2_shaped_case(device, batch=16, shape=None, seed=0):
+    shape = shape or dict(hidden_size=64, num_heads=2)
     torch.manual_seed(seed)
-    net = randomize(build_model("B/2", hidden_size=64, num_heads=2, input_size=32, in_channels=4, num_classes=1000))
+    net = randomize(build_model("B/2", **shape, input_size=32, in_channels=4, num_classes=1000))
     g = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, 4, 32, 32, generator=g)
     y = torch.randint(1000, (batch,), generator=g)
     draws = draw_step(batch, x.shape[1:], DrawConfig(), g)
-    return "B/2-shaped (depth 12, 8 per branch, width 64)", net.to(device), x, y, draws
+    name = "B/2" if shape["hidden_size"] == 768 else f"B/2-shaped (depth 12, 8 per branch, width {shape['hidden_size']})"
+    return name, net.to(device), x, y, draws
 
 
 def rel(a, b):
@@ -89,14 +92,14 @@ def errors(got, ref):
     return terms, max(per_tensor), statistics.median(per_tensor)
 
 
-def finite_difference_table(case):
+def finite_difference_table(case, steps=STEPS):
     name, net, x, y, draws = case
     reference = step_outputs(net, x, y, draws, FastIMFObjective(1000, jvp="manual"))
     print(f"\n### {name}, batch {x.shape[0]} ({int((~draws.boundary).sum())} rows with t != r)\n")
     print("| passes | step | du/dt | mse_u | mse_v | loss | gradient, worst tensor | gradient, median tensor |")
     print("|---|---|---|---|---|---|---|---|")
     for label, dtype in PASSES.items():
-        for step in STEPS:
+        for step in steps:
             fd, ad = tangents(net, x, y, draws, step, dtype)
             objective = FastIMFObjective(1000, jvp="finite_difference", jvp_step=step, jvp_precision=label)
             terms, worst, median = errors(step_outputs(net, x, y, draws, objective), reference)
@@ -127,6 +130,12 @@ def precision_table(case):
         shown = "bf16 (the step's autocast)" if precision == "autocast" else "fp32"
         print(f"| {step_dtype} | {jvp} | {shown} | {terms['mse_u']:.1e} | {terms['loss']:.1e} | {worst:.1e} | "
               f"{median:.1e} |", flush=True)
+    if x.device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        terms, worst, median = errors(step_outputs(net, x, y, draws, FastIMFObjective(1000, jvp="manual")), reference)
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+        print(f"| fp32, TF32 matmuls | forward AD | fp32 (TF32) | {terms['mse_u']:.1e} | {terms['loss']:.1e} | "
+              f"{worst:.1e} | {median:.1e} |")
     other = draw_step(x.shape[0], x.shape[1:], DrawConfig(), torch.Generator().manual_seed(99)).to(device=x.device)
     other = replace(other, drop=draws.drop)  # same rows dropped: only times, noise and guidance differ
     terms, worst, median = errors(step_outputs(net, x, y, other, FastIMFObjective(1000, jvp="manual")), reference)
@@ -139,10 +148,16 @@ def main():
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--tables", default="fd,bf16", help="comma-separated: fd, bf16")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--b2-shape", default="hidden_size=64,num_heads=2", help="the B/2-shaped network's overrides")
+    parser.add_argument("--batch", type=int, default=16, help="the B/2-shaped network's batch")
+    parser.add_argument("--step-sizes", default=",".join(f"{s:g}" for s in STEPS), help="table 1's steps")
     args = parser.parse_args()
+    if args.device.startswith("cuda"):  # fp32 means fp32: TF32 only in its own row
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
-    cases = [parity_case(device), b2_shaped_case(device)]
+    shape = {k: int(v) for k, v in (item.split("=") for item in args.b2_shape.split(",") if item)}
+    cases = [parity_case(device), b2_shaped_case(device, args.batch, shape)]
     cases = [(name, net, x.to(device), y.to(device), draws.to(device=device)) for name, net, x, y, draws in cases]
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     print(f"{hw}, torch {torch.__version__}; relative errors (L2 norm of the difference over the norm of the reference)")
@@ -150,7 +165,7 @@ def main():
     if "fd" in tables:
         print("\n## Finite difference against forward-mode AD (fp32 step)")
         for case in cases:
-            finite_difference_table(case)
+            finite_difference_table(case, [float(s) for s in args.step_sizes.split(",")])
     if "bf16" in tables:
         print("\n## bf16 autocast against fp32")
         for case in cases:

@@ -1,4 +1,4 @@
-"""The iMF step with the waste of METHOD.md §11 removed; same loss and gradients as `IMFObjective`.
+"""The iMF step with the waste of docs/method.md, "Per-step cost", removed; same loss and gradients as `IMFObjective`.
 
 Passes, in order:
 1. the loss forward, with grad and fused attention: u (and v) on every row, conditioned as

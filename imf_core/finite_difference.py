@@ -10,13 +10,13 @@ goes through PyTorch's fused attention kernels (flash, memory-efficient, cuDNN),
 forward and compiled graphs, as sampling does.
 
 Its error has two parts: truncation, s^2/6 d3u/dt3 (relative error falling as s^2), and rounding,
-about the unit roundoff times |u| / (s |du/dt|) (rising as 1/s). In fp32 (roundoff 6e-8) the two
-met between s = 1e-2 and 3e-2 on the parity network and on a B/2-shaped one (du/dt within 3.4e-5
-and 6.6e-5 of forward-mode AD, every parameter gradient within 8e-7: the rounding of forward-mode AD
-itself in fp32), and still at 1e-2 with the residual gates 50x larger; DEFAULT_STEP = 1e-2 keeps a
-factor 3 of room toward truncation for networks more curved than these. In bf16 (roundoff 4e-3) the
-rounding part alone is 60-100% at s = 1e-2 and the gradient error doubles: the passes run in fp32
-("auto" precision), under autocast or not. Figures: bench/tangent_accuracy.py, bench/RESULTS.md.
+about the unit roundoff times |u| / (s |du/dt|) (rising as 1/s). In fp32 (roundoff 6e-8) the sum was
+smallest at s = 1e-2 to 3e-2 on the parity network and on a B/2-shaped one; at 1e-2 du/dt came within
+3.4e-5 and 6.5e-5 of forward-mode AD and every parameter gradient within 8e-7, the size of forward-mode
+AD's own fp32 rounding, and within 7.0e-5 with the residual gates 50x larger. DEFAULT_STEP = 1e-2 keeps a
+factor of 3 of room toward truncation for networks more curved than these. In bf16 (roundoff 4e-3) the
+rounding alone is 57-96% of du/dt at s = 1e-2: the passes run in fp32 ("auto" precision), under
+autocast or not. Figures: bench/tangent_accuracy.py, in bench/RESULTS.md.
 """
 
 import contextlib

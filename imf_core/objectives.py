@@ -58,7 +58,8 @@ def instantaneous_velocity(net, source, z, t, omega, y):
 
 @torch.no_grad()
 def guided_target(net, source, z, v_t, y, draws: StepDraws, num_classes):
-    """v_g = (e - x) + (1 - 1/omega_eff) (v_c - v_u) with the online weights (METHOD.md §4).
+    """v_g = (e - x) + (1 - 1/omega_eff) (v_c - v_u) with the online weights (docs/method.md,
+    "Guidance as conditioning").
 
     Returns (v_g, v_c): v_c, queried at omega_eff, is the JVP tangent. Dropped rows get e - x, and their
     v_c is the null class's velocity, the condition their u is computed under.
@@ -136,7 +137,7 @@ def forward_with_tangent(net, with_v, z, t, r, conds, dz, jvp, step, precision):
 
 
 class IMFObjective:
-    """L = w(||u + (t - r) sg(du/dt) - sg(v_g)||^2) + w(||v - sg(v_g)||^2), METHOD.md §3.
+    """L = w(||u + (t - r) sg(du/dt) - sg(v_g)||^2) + w(||v - sg(v_g)||^2) (docs/method.md, "The iMF objective").
 
     tangent "aux": v_theta from the auxiliary v-head (default, the released models);
     "boundary": v_theta = u_theta(z, t, t), no extra parameters and no v-term.

@@ -1,6 +1,6 @@
 """Training configuration: one YAML file (plus `--set key=value` overrides), validated before any worker starts.
 
-Defaults are the paper's ImageNet-256 recipe (METHOD.md §3-§5, §9). The config is a pydantic model:
+Defaults are the paper's ImageNet-256 recipe (docs/method.md; the paper, arXiv 2512.02012). The config is a pydantic model:
 every key must be known, every value of the right type, finite and in range, and every problem is
 reported at once, naming the key, the value given and what is allowed. YAML is read with YAML 1.2's
 numbers, so `1e-4` and `3e5` are numbers (PyYAML alone reads them as strings).

@@ -11,9 +11,6 @@ from tests.doc_blocks import ROOT, RUN, SHOWN, WALKTHROUGH, blocks, fences, page
 # Files of the developers' own notes, which a clone of the repository does not have.
 OUTSIDE = re.compile(r"(METHOD|DESIGN|ECOSYSTEM)\.md|\.\./shared/")
 # Files that still cite them until issue 28's change repoints them to docs/method.md; empty this list then.
-AWAITING_REPOINT = {"bench/RESULTS.md", "bench/sample.py", "imf_core/fast_step.py", "imf_core/objectives.py",
-                    "pipelines/config.py", "pipelines/configs/imf_b2.yaml", "pipelines/configs/imf_l2.yaml",
-                    "pipelines/configs/imf_m2.yaml", "pipelines/configs/imf_xl2.yaml", "tests/core/test_model.py"}
 METHOD_SECTIONS = ["Notation", "The iMF objective", "Guidance as conditioning", "Time sampling", "Tangents", "Network",
                    "Latents", "Sampling", "Training recipe", "Per-step cost", "Parity with the authors' step",
                    "Original MeanFlow and flow matching"]
@@ -68,5 +65,5 @@ def test_no_file_cites_a_file_outside_the_repository():
                     citing.add(name)
             except UnicodeDecodeError:
                 continue
-    new = sorted(citing - AWAITING_REPOINT)
-    assert not new, f"these files cite notes that a clone does not have: {new}; cite docs/ or the paper instead"
+    assert not citing, (f"these files cite notes that a clone does not have: {sorted(citing)}; cite docs/ or the paper "
+                        "instead")

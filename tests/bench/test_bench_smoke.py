@@ -20,8 +20,16 @@ def run(*argv):
 
 def test_train_step_bench():
     out = run("bench/train_step.py", "--device", "cpu", "--threads", "1", "--model", "Micro/2", "--input-size", "8",
-              "--num-classes", "10", "--batch", "8", "--warmup", "1", "--repeats", "1", "--steps", "1")
-    assert "fast" in out and "fm" in out and "x" in out
+              "--num-classes", "10", "--batch", "8", "--warmup", "1", "--repeats", "1", "--steps", "1",
+              "--which", "fm,ref,fast,fd")
+    rows = [line.split(" | ") for line in out.splitlines() if line.startswith(("| fm ", "| fast ", "| fd "))]
+    assert len(rows) == 3 and all(float(row[4]) > 0 for row in rows)  # activations per image, measured
+    assert "check fd vs ref" in out and "fd / ref" in out
+
+
+def test_tangent_accuracy_bench():
+    out = run("bench/tangent_accuracy.py", "--step-sizes", "1e-2")
+    assert out.count("| FD fp32 | 1e-02 (default) |") == 2 and out.count("| bf16 | finite difference | fp32 |") == 2
 
 
 def test_sample_bench():

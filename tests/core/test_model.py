@@ -6,7 +6,7 @@ from imf_core.attention import apply_rope, explicit_attention, rope_tables
 from imf_core.checkpoint import load_model, save_model
 from imf_core.model import SIZES, IMFDiT, check_model
 
-PAPER_SIZES = {  # params without / with the v-branch (METHOD.md §6)
+PAPER_SIZES = {  # params without / with the v-branch (docs/method.md, "Network")
     "B/2": (89e6, 145.6e6),
     "M/2": (174e6, 230.6e6),
     "L/2": (409e6, 509.8e6),

@@ -99,17 +99,24 @@ def test_yaml_numbers_as_people_write_them_and_a_config_by_name(tmp_path):
         load_config(empty)
 
 
-@pytest.mark.parametrize("kind,fast,expected", [("imf", True, "FastIMFObjective"), ("imf", False, "IMFObjective"),
-                                                ("mf", True, "MeanFlowObjective")])
-def test_the_tangent_method_reaches_the_objective_from_set_and_a_step_runs(kind, fast, expected):
+@pytest.mark.parametrize("kind,fast,expected,via", [("imf", True, "FastIMFObjective", "set"),
+                                                    ("imf", False, "IMFObjective", "file"),
+                                                    ("mf", True, "MeanFlowObjective", "set")])
+def test_the_tangent_method_reaches_the_objective_and_a_step_runs(tmp_path, kind, fast, expected, via):
     import torch
 
     from imf_core import draw_step, step_generator
+    from pipelines.config import read_yaml
     from pipelines.train.state import TrainState
 
-    cfg = load_config("demo", [f"objective.kind={kind}", f"objective.fast={str(fast).lower()}",
-                               "objective.jvp=finite_difference", "objective.jvp_step=3e-3",
-                               "objective.jvp_precision=fp32"])
+    settings = dict(kind=kind, fast=fast, jvp="finite_difference", jvp_step=3e-3, jvp_precision="fp32")
+    if via == "set":
+        cfg = load_config("demo", [f"objective.{k}={str(v).lower()}" for k, v in settings.items()])
+    else:
+        raw = read_yaml((CONFIGS / "demo.yaml").read_text())
+        raw["objective"].update(settings)
+        (tmp_path / "fd.yaml").write_text(yaml.safe_dump(raw))
+        cfg = load_config(tmp_path / "fd.yaml")
     state = TrainState(cfg, (1, 8, 8), 10, "cpu")
     objective = state.objective
     assert type(objective).__name__ == expected
