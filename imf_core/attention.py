@@ -40,10 +40,6 @@ def forward_ad_attention(enabled: bool = True, rule: str = "explicit"):
         _state.rule = previous
 
 
-def uses_forward_ad_path() -> bool:
-    return _state.rule is not None
-
-
 def rope_tables(head_dim: int, seq_len: int, theta: float = 1e4):
     """cos/sin tables of shape (seq_len, head_dim // 2) for 1-D RoPE over positions."""
     freqs = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))

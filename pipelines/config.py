@@ -27,7 +27,6 @@ MODEL_OVERRIDES = {"patch_size": int, "hidden_size": int, "depth": int, "num_hea
                    "mlp_ratio": float, "num_class_tokens": int, "num_cfg_tokens": int, "num_interval_tokens": int,
                    "num_time_tokens": int, "weight_init_constant": float}
 STRICT = ConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
-Fraction = Field(ge=0, lt=1)
 
 
 class ModelSection(BaseModel):
@@ -270,21 +269,28 @@ def config_from_dict(raw: dict | None) -> TrainConfig:
 
 
 def apply_overrides(raw: dict, assignments) -> dict:
-    """`section.key=value` assignments (values read as YAML, like the file) applied to a raw config dict."""
+    """`section.key=value` assignments (values read as YAML, like the file) applied to a raw config dict; a
+    longer path reaches into a mapping, e.g. `model.overrides.patch_size=4`."""
     raw = dict(raw or {})
     for text in assignments or ():
         key, sep, value = text.partition("=")
-        section, dot, name = key.strip().partition(".")
-        if not sep or not dot or not name:
-            raise UserError(f"--set {text!r}: write SECTION.KEY=VALUE, e.g. --set optim.lr=3e-4 "
-                            f"(sections: {', '.join(SECTIONS)})")
+        path = [part.strip() for part in key.split(".")]
+        if not sep or len(path) < 2 or not all(path):
+            raise UserError(f"--set {text!r}: write SECTION.KEY=VALUE, e.g. --set optim.lr=3e-4 or "
+                            f"--set model.overrides.depth=6 (sections: {', '.join(SECTIONS)})")
         try:
             parsed = read_yaml(value) if value.strip() else None
         except yaml.YAMLError as err:
             raise UserError(f"--set {text!r}: the value is not valid YAML ({err})") from None
-        current = raw.get(section)
-        raw[section] = {**(current if isinstance(current, dict) else {}), name: parsed}
+        raw[path[0]] = _assigned(raw.get(path[0]), path[1:], parsed)
     return raw
+
+
+def _assigned(mapping, path: list, value) -> dict:
+    """A copy of `mapping` (a fresh one if it is not a mapping) with `value` at `path`."""
+    out = dict(mapping) if isinstance(mapping, dict) else {}
+    out[path[0]] = value if len(path) == 1 else _assigned(out.get(path[0]), path[1:], value)
+    return out
 
 
 CONFIGS = Path(__file__).resolve().parent / "configs"

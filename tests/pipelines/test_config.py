@@ -137,3 +137,30 @@ def test_bad_tangent_settings_are_refused_by_key(assignment, needle):
     with pytest.raises(UserError) as err:
         load_config("demo", [assignment])
     assert needle in str(err.value)
+
+
+def test_set_reaches_model_overrides_and_refuses_them_by_their_full_key():
+    cfg = load_config("demo", ["model.overrides.depth=6", "model.overrides.aux_head_depth=3"])
+    assert cfg.model.overrides["depth"] == 6 and cfg.model.overrides["aux_head_depth"] == 3
+    assert cfg.model.overrides["patch_size"] == 4  # the file's other overrides stay
+    with pytest.raises(UserError, match="colour cannot be overridden"):
+        load_config("demo", ["model.overrides.colour=1"])
+    with pytest.raises(UserError, match="write SECTION.KEY=VALUE"):
+        load_config("demo", ["model..depth=6"])
+
+
+RECIPE_OWN_KEYS = {"model.name", "sampling.omegas", "sampling.t_min", "sampling.t_max"}  # per model size
+
+
+@pytest.mark.parametrize("name", ["imf_b2", "imf_m2", "imf_l2", "imf_xl2"])
+def test_the_imagenet_recipes_restate_the_defaults_exactly(name):
+    """What a recipe restates of the paper's recipe must be the code's default: a changed default fails here."""
+    from pipelines.config import read_yaml
+
+    loaded, defaults = load_config(CONFIGS / f"{name}.yaml").to_dict(), config_from_dict({}).to_dict()
+    drift = {}
+    for section, values in read_yaml((CONFIGS / f"{name}.yaml").read_text()).items():
+        for key in values:
+            if f"{section}.{key}" not in RECIPE_OWN_KEYS and loaded[section][key] != defaults[section][key]:
+                drift[f"{section}.{key}"] = (loaded[section][key], defaults[section][key])
+    assert not drift, f"{name}.yaml states values that differ from the defaults (stated, default): {drift}"
