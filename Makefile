@@ -20,9 +20,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps "torch-fidelity==0.4.0"
 	touch $(STAMP)
 
-install: $(STAMP)
+# The playground test drives Debian's chromium through its chromedriver (tests/pipelines/serve/test_clients.py).
+CHROMEDRIVER := /usr/bin/chromedriver
+SUDO := $(if $(filter 0,$(shell id -u)),,sudo)
 
-test: $(STAMP)
+$(CHROMEDRIVER):
+	$(SUDO) apt-get update -qq
+	$(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+
+install: $(STAMP) $(CHROMEDRIVER)
+
+test: $(STAMP) $(CHROMEDRIVER)
 	@# One thread per process: Ray workers and the test process share 2 cores, and spinning OpenMP threads stall them.
 	@# Two pytest-xdist workers, each with its own local Ray: tests/conftest.py schedules them by file, longest first.
 	OMP_NUM_THREADS=1 $(PY) -m pytest -n $(TEST_WORKERS) --no-loadscope-reorder

@@ -1,6 +1,7 @@
 """The Serve application of `imf serve`: an HTTP ingress in front of a batched, replicated generator.
 
-    HTTP proxy ──▶ ImageIngress    parses and checks the request (schema.py), encodes the answer (responses.py);
+    HTTP proxy ──▶ ImageIngress    the HTTP API (api.py, FastAPI): checks the request (schema.py), encodes the
+                       │           answer (responses.py), serves the playground page and /openapi.json;
                        │           gathers the requests that arrive while its calls are out into one call
                        │           (gather.py: a Ray call per request costs as much CPU as a small batch);
                        │           a call whose replica died is sent again (Serve replaces the replica)
@@ -17,7 +18,7 @@ fields.
 import asyncio
 import logging
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 
 import numpy as np
 from ray import serve
@@ -25,8 +26,6 @@ from ray import serve
 from ..data.images import as_rgb_uint8
 from ..errors import UserError
 from .gather import Gatherer
-from .responses import encode, headers
-from .schema import ImageRequest, RequestError, parse_request
 from .spec import QUIET, AppSpec
 from .versions import follows, load_served, pointed_label
 
@@ -88,14 +87,13 @@ class ImageGenerator:
         return self.served.info()
 
     async def generate(self, requests: list[dict]) -> list[dict]:
-        """The images of each checked request (schema.ImageRequest as a dict), or {"error": why}."""
+        """The images of each checked request (its schema rows()), or {"error": why}."""
         self._maybe_refresh()
         served, checked = self.served, []
         for request in requests:
-            request = ImageRequest(**request)
             try:
-                checked.append(Rows(served, served.labels(request.classes), request.seeds, request.indices,
-                                    served.guidance(request.guidance)))
+                checked.append(Rows(served, served.labels(request["classes"]), request["seeds"], request["indices"],
+                                    served.guidance(request["guidance"])))
             except (UserError, ValueError) as err:
                 checked.append({"error": str(err)})
         # important: serve.batch closes a batch --batch-wait-ms after its first request even while the previous
@@ -134,33 +132,23 @@ class ImageGenerator:
 
 
 @serve.deployment(name="ImageIngress", logging_config=QUIET)
+@serve.ingress()
 class ImageIngress:
     def __init__(self, generator, max_images: int, max_batch_size: int, in_flight: int):
         self.generator, self.max_images = generator, max_images
         self.gatherer = Gatherer(lambda requests: self._call("generate", requests), in_flight, max_batch_size,
                                  items=lambda request: len(request["seeds"]))
 
-    async def __call__(self, request):
-        from starlette.responses import JSONResponse, Response
+    def __serve_build_asgi_app__(self):
+        from .api import build_api
 
-        try:
-            if request.method == "GET":
-                return JSONResponse({**await self._call("info"), "max_images": self.max_images})
-            if request.method != "POST":
-                return JSONResponse({"error": f"{request.method}: POST a JSON request, or GET the model's "
-                                              "description"}, status_code=405)
-            parsed = parse_request(await request.body(), self.max_images)
-            result = await self.gatherer.submit(asdict(parsed))
-            if "error" in result:
-                return JSONResponse({"error": result["error"]}, status_code=400)
-            body, media_type = encode(result, parsed.format)
-            return Response(body, media_type=media_type, headers=headers(result))
-        except RequestError as err:
-            return JSONResponse({"error": str(err)}, status_code=400)
-        except Exception as err:  # noqa: BLE001 - the client gets one line; the log keeps the traceback
-            logger.exception("imf serve: request failed")
-            return JSONResponse({"error": f"internal error ({type(err).__name__}); see the ImageIngress and "
-                                          "ImageGenerator replica logs"}, status_code=500)
+        return build_api(self, self.max_images)
+
+    async def images(self, rows: dict) -> dict:
+        return await self.gatherer.submit(rows)
+
+    async def info(self) -> dict:
+        return await self._call("info")
 
     async def _call(self, method: str, *args):
         from ray.exceptions import RayActorError

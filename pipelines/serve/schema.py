@@ -1,4 +1,6 @@
-"""The request a client sends to `imf serve`, checked before any model work: a clear 400, never a traceback.
+"""The request a client POSTs to `imf serve`, declared as a pydantic model: FastAPI checks bodies against it and
+publishes it in /openapi.json, and `refusal` turns what it finds wrong into one sentence naming the field and
+the fix (an HTTP 400, never a traceback).
 
     POST {"class": 3, "count": 4, "seed": 0, "omega": 2.0, "format": "png"}
 
@@ -15,106 +17,152 @@ labels, seeds, indices), json (base64 PNGs with their class, seed and index).
 """
 
 import json
-import math
-from dataclasses import dataclass
+from functools import cache
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_validator
 
 FORMATS = ("png", "npz", "json")
 FIELDS = ("class", "count", "seed", "seeds", "indices", "omega", "t_min", "t_max", "steps", "format")
 MAX_STEPS = 32
 MAX_SEED = 2**63 - 1
 EXAMPLE = '{"class": 3, "count": 4, "seed": 0}'
+# What a field accepts, as a refusal says it ("omega 0.5: must be a number >= 1 (1: no guidance)").
+ACCEPTS = {"count": "an integer >= 1", "seed": f"an integer in 0..{MAX_SEED}", "seeds": f"an integer in 0..{MAX_SEED}",
+           "indices": f"an integer in 0..{MAX_SEED}", "omega": "a number >= 1 (1: no guidance)",
+           "t_min": "a number in [0, 1]", "t_max": "a number in [0, 1]", "steps": f"an integer in 1..{MAX_STEPS}"}
+# The rules JSON Schema cannot say; the replica checks the served version's classes and stored guidance.
+RULES = ('Give "seed" or "seeds", not both; count, seeds and indices, where given, agree on the number of images; '
+         "class lists at most one class per image; t_min <= t_max. The class indices and names, and the guidance "
+         "where not given, are the served version's (GET / describes it).")
 
 
-class RequestError(ValueError):
-    """A request the server refuses (HTTP 400, with this message)."""
+
+def _integral(value):
+    # JSON Schema's integer is a number with no fraction: 13.0 is 13, as any client generated from the document
+    # may send it (13.5, "13" and true stay refused).
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
-@dataclass
-class ImageRequest:
-    classes: list  # one per image: indices or names, checked against the served model by its replica
-    seeds: list
-    indices: list
-    guidance: dict  # omega, t_min, t_max, steps as given (None: the version's stored setting)
-    format: str = "png"
+def integer(**bounds):
+    return Annotated[int, Field(**bounds), BeforeValidator(_integral)]  # bounds first: the schema shows them
 
 
-def parse_request(body: bytes, max_images: int) -> ImageRequest:
-    """The checked request of a JSON body; RequestError names the field and what it accepts."""
-    try:
-        data = json.loads(body or b"null")
-    except ValueError as err:
-        raise RequestError(f"the body is not JSON ({err}); send an object such as {EXAMPLE}") from None
-    if not isinstance(data, dict):
-        raise RequestError(f"the body must be a JSON object such as {EXAMPLE}")
-    unknown = sorted(set(data) - set(FIELDS))
+Seed = integer(ge=0, le=MAX_SEED)
+ClassId = Union[integer(ge=0), Annotated[str, Field(min_length=1)]]
+Unit = Annotated[float, Field(ge=0, le=1, allow_inf_nan=False)]
+
+
+def _no_default(schema: dict):
+    schema.pop("default", None)  # "not given" is not a value a client can send
+
+
+@cache
+def request_model(max_images: int) -> type[BaseModel]:
+    """The request of a server that makes at most `max_images` images per request."""
+    per_request = {"min_length": 1, "max_length": max_images, "json_schema_extra": _no_default}
+
+    class ImageRequest(BaseModel):
+        __doc__ = f"Images to make: image k is image (seed, index) of class c, as `imf sample` makes it. {RULES}"
+        model_config = ConfigDict(extra="forbid", strict=True, title="ImageRequest",
+                                  json_schema_extra={"not": {"required": ["seed", "seeds"]}})
+        classes: Union[ClassId, Annotated[list[ClassId], Field(min_length=1, max_length=max_images)]] = Field(
+            alias="class", description="a class index or name, or a list of them cycled over the images",
+            examples=[3, "golden retriever", [2, 0, 3]])
+        count: integer(ge=1, le=max_images) = Field(1, description="images, when neither seeds nor indices is given")
+        seed: Seed = Field(0, description="the seed of every image (or seeds: one per image)")
+        seeds: list[Seed] = Field(None, description="one seed per image", **per_request)
+        indices: list[Seed] = Field(None, description="the index of each image (default 0 .. n-1)", **per_request)
+        omega: float | None = Field(None, ge=1, allow_inf_nan=False,
+                                    description="guidance scale (1: none); default the version's stored one")
+        t_min: Unit | None = Field(None, description="where guidance starts; default the version's stored one")
+        t_max: Unit | None = Field(None, description="where guidance ends; default the version's stored one")
+        steps: integer(ge=1, le=MAX_STEPS) | None = Field(None, description="network evaluations per image")
+        format: Literal[FORMATS] = Field("png", description="png (one image, or a grid), npz (arr_0 uint8 "
+                                                            "(n, H, W, 3) with labels, seeds, indices), json")
+
+        @model_validator(mode="after")
+        def _agree(self):
+            given = self.model_fields_set
+            if "seed" in given and self.seeds is not None:
+                raise ValueError('give "seed" (one for the request) or "seeds" (one per image), not both')
+            sizes = {name: len(getattr(self, name)) for name in ("seeds", "indices") if getattr(self, name) is not None}
+            if "count" in given:
+                sizes["count"] = self.count
+            if len(set(sizes.values())) > 1:
+                raise ValueError(f"{' and '.join(f'{k} ({v})' for k, v in sizes.items())} disagree on the number "
+                                 "of images: give one of them, or make them agree")
+            n = self.n
+            if isinstance(self.classes, list) and len(self.classes) > n:
+                raise ValueError(f"class lists {len(self.classes)} classes for {n} image(s): give one class, one "
+                                 "per image, or fewer classes (cycled over the images)")
+            if None not in (self.t_min, self.t_max) and self.t_min > self.t_max:
+                raise ValueError(f"t_min {self.t_min} is above t_max {self.t_max}")
+            return self
+
+        @property
+        def n(self) -> int:
+            return len(self.seeds or self.indices or []) or self.count
+
+        def rows(self) -> dict:
+            """What the generator replica is sent: one class, seed and index per image, the guidance as given."""
+            n, given = self.n, self.classes if isinstance(self.classes, list) else [self.classes]
+            return {"classes": [given[k % len(given)] for k in range(n)], "seeds": self.seeds or [self.seed] * n,
+                    "indices": self.indices or list(range(n)),
+                    "guidance": {k: getattr(self, k) for k in ("omega", "t_min", "t_max", "steps")}}
+
+    return ImageRequest
+
+
+def refusal(errors: list[dict], max_images: int) -> str:
+    """One sentence for the validation errors of a request body (FastAPI's, locations under "body")."""
+    unknown = [e["loc"][-1] for e in errors if e["type"] == "extra_forbidden"]
+    said, by_field = [], {}
     if unknown:
-        raise RequestError(f"unknown field(s) {', '.join(unknown)}: the fields are {', '.join(FIELDS)}")
-    if "class" not in data:
-        raise RequestError(f'"class" is required (a class index or name, or a list of them), e.g. {EXAMPLE}')
-    if "seed" in data and "seeds" in data:
-        raise RequestError('give "seed" (one for the request) or "seeds" (one per image), not both')
-    seeds, indices = _integers(data, "seeds"), _integers(data, "indices")
-    n = _count(data, seeds, indices, max_images)
-    seed = _integer(data.get("seed", 0), "seed", 0, MAX_SEED)
-    fmt = data.get("format", "png")
-    if fmt not in FORMATS:
-        raise RequestError(f"format {fmt!r}: choose one of {', '.join(FORMATS)}")
-    guidance = {"omega": _number(data, "omega", 1.0, math.inf, "a number >= 1 (1: no guidance)"),
-                "t_min": _number(data, "t_min", 0.0, 1.0, "a number in [0, 1]"),
-                "t_max": _number(data, "t_max", 0.0, 1.0, "a number in [0, 1]"),
-                "steps": None if data.get("steps") is None else _integer(data["steps"], "steps", 1, MAX_STEPS)}
-    if None not in (guidance["t_min"], guidance["t_max"]) and guidance["t_min"] > guidance["t_max"]:
-        raise RequestError(f"t_min {guidance['t_min']} is above t_max {guidance['t_max']}")
-    return ImageRequest(_classes(data["class"], n), seeds or [seed] * n, indices or list(range(n)), guidance, fmt)
+        said.append(f"unknown field(s) {', '.join(map(str, unknown))}: the fields are {', '.join(FIELDS)}")
+    for error in errors:
+        loc = tuple(error["loc"][1:]) if error["loc"][:1] == ("body",) else tuple(error["loc"])
+        if error["type"] != "extra_forbidden":
+            by_field.setdefault(loc[0] if loc and isinstance(loc[0], str) else "", []).append((loc, error))
+    for field, found in by_field.items():
+        said.append(_field_refusal(field, found, max_images))
+    return "; ".join(said)
 
 
-def _count(data, seeds, indices, max_images: int) -> int:
-    sizes = {name: len(v) for name, v in (("seeds", seeds), ("indices", indices)) if v is not None}
-    if "count" in data:
-        sizes["count"] = _integer(data["count"], "count", 1, math.inf)
-    if len(set(sizes.values())) > 1:
-        raise RequestError(f"{' and '.join(f'{k} ({v})' for k, v in sizes.items())} disagree on the number of "
-                           "images: give one of them, or make them agree")
-    n = next(iter(sizes.values()), 1)
-    if n < 1:
-        raise RequestError("the request asks for no image: give count >= 1 or non-empty seeds / indices")
-    if n > max_images:
-        raise RequestError(f"{n} images is above this server's limit of {max_images} per request "
-                           "(imf serve --max-images): split the request")
-    return n
+def _field_refusal(field: str, found: list, max_images: int) -> str:
+    loc, error = max(found, key=lambda f: len(f[0]))  # the deepest: a list item rather than the list
+    kind, value = error["type"], error.get("input")
+    if field == "":
+        if kind == "json_invalid":
+            return f"the body is not JSON ({error.get('ctx', {}).get('error', 'unreadable')}); send an object such " \
+                   f"as {EXAMPLE}"
+        if kind == "value_error":
+            return error["msg"].removeprefix("Value error, ")
+        return f"the body must be a JSON object such as {EXAMPLE}"
+    if kind == "missing":
+        return f'"{field}" is required (a class index or name, or a list of them), e.g. {EXAMPLE}'
+    if field == "class":
+        sized = [e["input"] for _, e in found if e["type"] in ("too_short", "too_long")]
+        if sized:
+            return (f"class lists {len(sized[0])} classes: give one class, one per image (at most {max_images}), or "
+                    "fewer classes (cycled over the images)")
+        return f"class {_shown(value)}: a class index (integer >= 0) or a class name"
+    if field in ("seeds", "indices") and kind == "list_type":
+        return f"{field} must be a list of integers >= 0, got {_shown(value)}"
+    if field in ("seeds", "indices") and kind == "too_short":
+        return "the request asks for no image: give count >= 1 or non-empty seeds / indices"
+    if field in ("seeds", "indices") and kind == "too_long" or field == "count" and kind == "less_than_equal":
+        n = value if field == "count" else len(value)
+        return (f"{n} images is above this server's limit of {max_images} per request (imf serve --max-images): "
+                "split the request")
+    if field == "format":
+        return f"format {value!r}: choose one of {', '.join(FORMATS)}"
+    where = field + "".join(f"[{k}]" for k in loc[1:] if isinstance(k, int))
+    return f"{where} {_shown(value)}: must be {ACCEPTS.get(field, 'as /openapi.json says')}"
 
 
-def _integers(data, name):
-    if name not in data:
-        return None
-    if not isinstance(data[name], list):
-        raise RequestError(f"{name} must be a list of integers >= 0, got {json.dumps(data[name])[:80]}")
-    return [_integer(v, f"{name}[{k}]", 0, MAX_SEED) for k, v in enumerate(data[name])]
-
-
-def _integer(value, name: str, low, high) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        bound = f"in {low}..{high}" if high != math.inf else f">= {low}"
-        raise RequestError(f"{name} {json.dumps(value)[:80]}: must be an integer {bound}")
-    return value
-
-
-def _number(data, name: str, low, high, what: str):
-    value = data.get(name)
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
-            or not low <= value <= high:
-        raise RequestError(f"{name} {json.dumps(value)[:80]}: must be {what}")
-    return float(value)
-
-
-def _classes(value, n: int) -> list:
-    given = value if isinstance(value, list) else [value]
-    for c in given:
-        if isinstance(c, bool) or not (isinstance(c, int) and c >= 0 or isinstance(c, str) and c):
-            raise RequestError(f"class {json.dumps(c)[:80]}: a class index (integer >= 0) or a class name")
-    if not given or len(given) > n:
-        raise RequestError(f"class lists {len(given)} classes for {n} image(s): give one class, one per image, "
-                           "or fewer classes (cycled over the images)")
-    return [given[k % len(given)] for k in range(n)]
+def _shown(value) -> str:
+    try:
+        return json.dumps(value)[:80]
+    except (TypeError, ValueError):
+        return repr(value)[:80]

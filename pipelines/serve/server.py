@@ -2,6 +2,7 @@
 
     imf serve --model models:/NAME@champion                   # http://127.0.0.1:8000/, Ctrl-C stops it
     curl -s 127.0.0.1:8000/ -d '{"class": 3, "count": 4}' -o grid.png
+    curl -s 127.0.0.1:8000/openapi.json                        # the contract; a browser at / gets a playground
     imf serve --model models:/NAME@champion --address auto --num-replicas auto --max-replicas 8 --detach
 
 The HTTP proxy binds 127.0.0.1 unless --host says otherwise; the endpoint has no authentication.
@@ -62,8 +63,9 @@ def start_app(spec: ServeSpec) -> tuple[str, str]:
 
 def run_serve(spec: ServeSpec) -> int:
     url, label = start_app(spec)
-    print(f"imf serve: {spec.model} ({label}) at {url}  (POST JSON {{class, count | seeds | indices, seed, omega, "
-          f"t_min, t_max, steps, format: {'|'.join(FORMATS)}}}; GET: the model)", flush=True)
+    print(f"imf serve: {spec.model} ({label}) at {url}  (a page for a browser; POST JSON {{class, count | seeds | "
+          f"indices, seed, omega, t_min, t_max, steps, format: {'|'.join(FORMATS)}}}; the API: {url.rstrip('/')}"
+          "/openapi.json)", flush=True)
     if spec.detach:
         print(f"imf serve: left running on the cluster; stop it with `serve delete {spec.name}` "
               "(or `serve shutdown`)")

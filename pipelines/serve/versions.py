@@ -39,10 +39,21 @@ class Served:
         return labels
 
     def info(self) -> dict:
-        config = self.generator.config
+        config, guidance = self.generator.config, self.guidance({})
         return {"model_version": self.label, "num_classes": self.generator.num_classes,
-                "class_names": config.get("class_names"), "guidance": self.guidance({}),
-                "image_size": config.get("resolution")}
+                "class_names": config.get("class_names"), "guidance": guidance,
+                "guidance_range": guidance_range(config, guidance), "image_size": config.get("resolution")}
+
+
+def guidance_range(config: dict, stored: dict) -> dict:
+    """[low, high] of omega, t_min and t_max that the network was trained on (its draws), widened to the stored
+    setting; high None: not recorded (the authors' released weights)."""
+    draws = config.get("train_config", {}).get("draws", {})
+    ranges = {"omega": [1.0, draws.get("omega_max")], "t_min": list(draws.get("t_min_range", (0.0, 1.0))),
+              "t_max": list(draws.get("t_max_range", (0.0, 1.0)))}
+    for key, (low, high) in ranges.items():
+        ranges[key] = [min(low, stored[key]), None if high is None else max(high, stored[key])]
+    return ranges
 
 
 def load_served(ref: str, tracking_uri: str | None, device=None) -> Served:

@@ -6,83 +6,17 @@ add a replica under load."""
 import base64
 import concurrent.futures
 import contextlib
-import http.client
-import io
 import json
 import threading
 import time
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from pipelines import cli
-from tests.infra.local_cluster import free_port
-from tests.pipelines.model_helpers import model_folder
+from tests.pipelines.serve.served import CLASSES, GUIDANCE, NAME, call, in_process, npz_images, png_pixels
 
 pytestmark = pytest.mark.timeout(600)
-NAME = "served"
-GUIDANCE = {"omega": 2.0, "t_min": 0.1, "t_max": 0.9, "steps": 1}  # stored on version 1 (its folder says 3.0)
-CLASSES = [2, 0, 3]
-
-
-@pytest.fixture(scope="module")
-def store(tmp_path_factory):
-    from pipelines.models.registry import register_folder, set_best_guidance
-    from pipelines.tracking import connect
-
-    tmp = tmp_path_factory.mktemp("serve")
-    uri = f"sqlite:///{tmp}/mlflow.db"
-    folders = [model_folder(tmp, seed=s) for s in (0, 1)]
-    for folder in folders:  # version 1 (champion), version 2
-        register_folder(folder, NAME, uri)
-    client, _ = connect(uri)
-    set_best_guidance(client, NAME, "1", GUIDANCE, "fd_test", 1.0)
-    return SimpleNamespace(tmp=tmp, uri=uri, folders=folders)
-
-
-@pytest.fixture(scope="module")
-def sampled(store, ray_session):
-    """`imf sample --seed 7` of version 1: the bytes the server must give."""
-    out = store.tmp / "sampled"
-    assert cli.main(["sample", "--model", f"models:/{NAME}/1", "--num", "8", "--out", str(out), "--seed", "7",
-                     "--classes", ",".join(map(str, CLASSES)), "--shard-size", "8", "--actors", "1",
-                     "--tracking-uri", store.uri, *[f"--{k.replace('_', '-')}={v}" for k, v in GUIDANCE.items()]]) == 0
-    return np.load(out / "samples.npz")
-
-
-@pytest.fixture(scope="module")
-def server(store, ray_session):
-    from ray import serve
-
-    from pipelines.serve.server import ServeSpec, start_app
-
-    spec = ServeSpec(model=f"models:/{NAME}@champion", tracking_uri=store.uri, port=free_port(), num_replicas="2",
-                     cpus_per_replica=0.5, max_batch_size=32, max_images=16, batch_wait_ms=20, poll_seconds=1)
-    url, label = start_app(spec)
-    assert label == f"{NAME}/1" and url == f"http://127.0.0.1:{spec.port}/"
-    yield SimpleNamespace(port=spec.port)
-    serve.shutdown()
-
-
-def call(port, body, method="POST", route="/"):
-    """(status, headers, body bytes) of one request to the server."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    data = body if isinstance(body, bytes) or body is None else json.dumps(body).encode()
-    conn.request(method, route, body=data, headers={"Content-Type": "application/json"})
-    reply = conn.getresponse()
-    out = reply.status, reply.headers, reply.read()  # headers: case-insensitive
-    conn.close()
-    return out
-
-
-def npz_images(content: bytes):
-    return np.load(io.BytesIO(content))
-
-
-def png_pixels(content: bytes) -> np.ndarray:
-    return np.asarray(Image.open(io.BytesIO(content)).convert("RGB"))
 
 
 def test_a_request_gives_the_bytes_of_imf_sample(server, sampled):
@@ -118,15 +52,7 @@ def test_a_request_gives_the_bytes_of_imf_sample(server, sampled):
     info = json.loads(body)
     assert status == 200 and info["model_version"] == f"{NAME}/1" and info["num_classes"] == 4
     assert info["guidance"] == GUIDANCE and info["max_images"] == 16
-
-
-def in_process(folder, seed, indices, labels, guidance=GUIDANCE):
-    """The same images made in this process with imf_core's Generator (no Ray, no HTTP)."""
-    from imf_core import load_generator
-
-    from pipelines.data.images import as_rgb_uint8
-
-    return as_rgb_uint8(load_generator(folder, "cpu").images(seed, indices, labels, **guidance))
+    assert info["guidance_range"] == {"omega": [1.0, 8.0], "t_min": [0.0, 0.5], "t_max": [0.5, 1.0]}  # its draws
 
 
 def concurrent_requests(port, requests, clients=12):
@@ -237,24 +163,34 @@ def test_a_dead_replica_is_replaced_without_failing_requests(server, sampled):
     assert all(np.array_equal(npz_images(body)["arr_0"], images[[k]]) for k, (_, _, body) in answers)
 
 
+def promote_and_follow(port, store, version: str, request) -> tuple[list, bytes]:
+    """Point champion at `version`; the versions that answered `request` until four in a row were it, and the last
+    answer."""
+    assert cli.main(["models", "--tracking-uri", store.uri, "promote", NAME, version, "--alias", "champion"]) == 0
+    deadline, seen, wanted = time.time() + 120, [], f"{NAME}/{version}"
+    while time.time() < deadline:
+        status, head, body = call(port, request)
+        assert status == 200  # answered all along, by one version or the other
+        seen.append(head["X-IMF-Model-Version"])
+        if seen[-1] == wanted and [call(port, request)[1]["X-IMF-Model-Version"] for _ in range(4)] == [wanted] * 4:
+            break
+        time.sleep(0.5)
+    return seen, body
+
+
 def test_the_champion_alias_is_followed_without_a_restart(server, store, sampled):
     request = {"class": CLASSES, "seed": 7, "count": 3, "format": "npz", **GUIDANCE}
     status, head, body = call(server.port, request)
     assert status == 200 and head["X-IMF-Model-Version"] == f"{NAME}/1"
-    assert cli.main(["models", "--tracking-uri", store.uri, "promote", NAME, "2", "--alias", "champion"]) == 0
-    deadline, seen = time.time() + 120, []
-    while time.time() < deadline:
-        status, head, body = call(server.port, request)
-        assert status == 200  # answered all along, by one version or the other
-        seen.append(head["X-IMF-Model-Version"])
-        if seen[-1] == f"{NAME}/2" and [call(server.port, request)[1]["X-IMF-Model-Version"]
-                                         for _ in range(4)] == [f"{NAME}/2"] * 4:
-            break
-        time.sleep(0.5)
-    assert seen[-1] == f"{NAME}/2", seen
-    expected = in_process(store.folders[1], 7, range(3), CLASSES)
-    assert np.array_equal(npz_images(body)["arr_0"], expected)
-    assert not np.array_equal(expected, sampled["arr_0"][:3])
+    try:
+        seen, body = promote_and_follow(server.port, store, "2", request)
+        assert seen[-1] == f"{NAME}/2", seen
+        expected = in_process(store.folders[1], 7, range(3), CLASSES)
+        assert np.array_equal(npz_images(body)["arr_0"], expected)
+        assert not np.array_equal(expected, sampled["arr_0"][:3])
+    finally:  # the next tests on this server expect version 1
+        seen, _ = promote_and_follow(server.port, store, "1", request)
+        assert seen[-1] == f"{NAME}/1", seen
 
 
 def test_autoscaled_generators_add_a_replica_under_load(server, store, sampled):
