@@ -98,26 +98,46 @@ class AsBefore:
         await self.app(scope, receive, send)
 
 
+class Failures:
+    """A failure is a 500 with a one-line JSON error; the traceback goes to the replica's log, not to the client."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        started = False
+
+        async def sending(message):
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as err:
+            logger.exception("imf serve: request failed")
+            if started or scope["type"] != "http":
+                raise
+            await refused(f"internal error ({type(err).__name__}); see the ImageIngress and ImageGenerator replica "
+                          "logs", 500)(scope, receive, send)
+
+
 def build_api(backend, max_images: int) -> FastAPI:
     ImageRequest = request_model(max_images)
     api = FastAPI(title="imf serve", version="1", docs_url=None, redoc_url=None, openapi_url=None,
                   description="One-step class-conditional images from an iMF model version (improved MeanFlow).")
+    api.add_middleware(Failures)
     api.add_middleware(AsBefore)
     add_refusals(api, max_images)
     page = {name: (PAGE / name).read_text() for name in ("index.html", *ASSETS)}
 
     @api.post("/", response_class=Response, summary="Make images", responses=IMAGE_RESPONSES)
     async def images(body: ImageRequest) -> Response:
-        try:
-            result = await backend.images(body.rows())
-            if "error" in result:
-                return refused(result["error"])
-            content, media_type = encode(result, body.format)
-            return Response(content, media_type=media_type, headers=headers(result))
-        except Exception as err:  # noqa: BLE001 - the client gets one line; the log keeps the traceback
-            logger.exception("imf serve: request failed")
-            return refused(f"internal error ({type(err).__name__}); see the ImageIngress and ImageGenerator replica "
-                           "logs", 500)
+        result = await backend.images(body.rows())
+        if "error" in result:
+            return refused(result["error"])
+        content, media_type = encode(result, body.format)
+        return Response(content, media_type=media_type, headers=headers(result))
 
     @api.get("/", response_model=ModelInfo, summary="The model (JSON), or the playground page for a browser",
              responses={200: {"content": {"text/html": {"schema": {"type": "string"}}}}})

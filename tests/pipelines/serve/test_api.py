@@ -144,3 +144,19 @@ def test_a_browser_gets_the_page_and_a_program_the_json_description(app):
 def test_under_a_route_prefix_the_prefix_itself_is_the_root(app):
     assert asgi_call(app, "POST", "", {"class": 1}, root_path="/auto")[0] == 200  # not a redirect to /auto/
     assert json.loads(asgi_call(app, "GET", "", root_path="/auto")[2])["max_images"] == 16
+
+
+def test_a_failure_is_a_500_with_a_json_error_and_no_traceback():
+    class Broken:
+        async def images(self, rows):
+            raise RuntimeError("the replica is gone")
+
+        async def info(self):
+            raise ConnectionError("no replica")
+
+    app = build_api(Broken(), max_images=16)
+    for method, path, body in (("POST", "/", {"class": 1}), ("GET", "/", b""), ("GET", "/openapi.json", b"")):
+        status, head, content = asgi_call(app, method, path, body)
+        assert (status, head["content-type"]) == (500, "application/json")
+        error = json.loads(content)["error"]
+        assert error.startswith("internal error (") and "replica logs" in error and "Traceback" not in error
