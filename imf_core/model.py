@@ -19,13 +19,13 @@ from .attention import apply_rope, attention, rope_tables
 class Linear(nn.Module):
     """nn.Linear under the attribute name `_flax_linear`, as in the released checkpoints."""
 
-    def __init__(self, in_features, out_features, bias=True, init_std=None):
+    def __init__(self, in_features, out_features, bias=True, init_std=None, generator=None):
         super().__init__()
         self._flax_linear = nn.Linear(in_features, out_features, bias=bias)
         if init_std is None:
             nn.init.zeros_(self._flax_linear.weight)
         else:
-            nn.init.normal_(self._flax_linear.weight, std=init_std)
+            nn.init.normal_(self._flax_linear.weight, std=init_std, generator=generator)
         if bias:
             nn.init.zeros_(self._flax_linear.bias)
 
@@ -44,11 +44,11 @@ class RMSNorm(nn.Module):
 
 
 class SwiGLU(nn.Module):
-    def __init__(self, dim, hidden, init_std):
+    def __init__(self, dim, hidden, init_std, generator=None):
         super().__init__()
-        self.w1 = Linear(dim, hidden, bias=False, init_std=init_std / math.sqrt(dim))
-        self.w3 = Linear(dim, hidden, bias=False, init_std=init_std / math.sqrt(dim))
-        self.w2 = Linear(hidden, dim, bias=False, init_std=init_std / math.sqrt(hidden))
+        self.w1 = Linear(dim, hidden, bias=False, init_std=init_std / math.sqrt(dim), generator=generator)
+        self.w3 = Linear(dim, hidden, bias=False, init_std=init_std / math.sqrt(dim), generator=generator)
+        self.w2 = Linear(hidden, dim, bias=False, init_std=init_std / math.sqrt(hidden), generator=generator)
 
     def forward(self, x):
         return self.w2(F.silu(self.w1(x)) * self.w3(x))
@@ -57,15 +57,15 @@ class SwiGLU(nn.Module):
 class RoPEAttention(nn.Module):
     """Multi-head self-attention with QK-RMSNorm and 1-D RoPE, no biases."""
 
-    def __init__(self, dim, num_heads, init_std):
+    def __init__(self, dim, num_heads, init_std, generator=None):
         super().__init__()
         self.num_heads = num_heads
         self.head_dim = dim // num_heads
         std = init_std / math.sqrt(dim)
-        self.q_proj = Linear(dim, dim, bias=False, init_std=std)
-        self.k_proj = Linear(dim, dim, bias=False, init_std=std)
-        self.v_proj = Linear(dim, dim, bias=False, init_std=std)
-        self.out_proj = Linear(dim, dim, bias=False, init_std=std)
+        self.q_proj = Linear(dim, dim, bias=False, init_std=std, generator=generator)
+        self.k_proj = Linear(dim, dim, bias=False, init_std=std, generator=generator)
+        self.v_proj = Linear(dim, dim, bias=False, init_std=std, generator=generator)
+        self.out_proj = Linear(dim, dim, bias=False, init_std=std, generator=generator)
         self.q_norm = RMSNorm(self.head_dim)
         self.k_norm = RMSNorm(self.head_dim)
 
@@ -82,12 +82,12 @@ class RoPEAttention(nn.Module):
 class TransformerBlock(nn.Module):
     """Pre-norm block with per-channel residual gates initialised to zero."""
 
-    def __init__(self, dim, num_heads, mlp_ratio, init_std):
+    def __init__(self, dim, num_heads, mlp_ratio, init_std, generator=None):
         super().__init__()
         self.norm1 = RMSNorm(dim)
-        self.attn = RoPEAttention(dim, num_heads, init_std)
+        self.attn = RoPEAttention(dim, num_heads, init_std, generator)
         self.norm2 = RMSNorm(dim)
-        self.mlp = SwiGLU(dim, int(dim * mlp_ratio), init_std)
+        self.mlp = SwiGLU(dim, int(dim * mlp_ratio), init_std, generator)
         self.attn_scale = nn.Parameter(torch.zeros(dim))
         self.mlp_scale = nn.Parameter(torch.zeros(dim))
 
@@ -99,13 +99,13 @@ class TransformerBlock(nn.Module):
 class ScalarEmbedder(nn.Module):
     """Scalar in [0, 1] -> 256-dim sinusoid (max period 1e4, no x1000) -> Linear-SiLU-Linear."""
 
-    def __init__(self, dim, freq_dim=256):
+    def __init__(self, dim, freq_dim=256, generator=None):
         super().__init__()
         self.freq_dim = freq_dim
         self.mlp = nn.Sequential(
-            Linear(freq_dim, dim, init_std=1 / math.sqrt(freq_dim)),
+            Linear(freq_dim, dim, init_std=1 / math.sqrt(freq_dim), generator=generator),
             nn.SiLU(),
-            Linear(dim, dim, init_std=1 / math.sqrt(dim)),
+            Linear(dim, dim, init_std=1 / math.sqrt(dim), generator=generator),
         )
 
     def forward(self, s):
@@ -119,22 +119,22 @@ class ScalarEmbedder(nn.Module):
 class LabelEmbedder(nn.Module):
     """Class index -> vector; index num_classes is the null (unconditional) class."""
 
-    def __init__(self, num_classes, dim):
+    def __init__(self, num_classes, dim, generator=None):
         super().__init__()
         self.embedding_table = nn.Module()
         self.embedding_table._flax_embedding = nn.Embedding(num_classes + 1, dim)
-        nn.init.normal_(self.embedding_table._flax_embedding.weight, std=1 / math.sqrt(dim))
+        nn.init.normal_(self.embedding_table._flax_embedding.weight, std=1 / math.sqrt(dim), generator=generator)
 
     def forward(self, y):
         return self.embedding_table._flax_embedding(y)
 
 
 class PatchEmbedder(nn.Module):
-    def __init__(self, in_channels, dim, patch_size):
+    def __init__(self, in_channels, dim, patch_size, generator=None):
         super().__init__()
         self.proj = nn.Conv2d(in_channels, dim, patch_size, stride=patch_size)
         limit = math.sqrt(6.0 / (patch_size * patch_size * in_channels + dim))
-        nn.init.uniform_(self.proj.weight, -limit, limit)
+        nn.init.uniform_(self.proj.weight, -limit, limit, generator=generator)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x):
@@ -155,7 +155,8 @@ class IMFDiT(nn.Module):
     """u (and v) = net(x, t, h, omega, t_min, t_max, y); x is (B, C, H, W).
 
     t is accepted for the common conditioning interface but, as in the released
-    network, only h = t - r is embedded.
+    network, only h = t - r is embedded. generator: where the initial weights are drawn from
+    (the global generator if None).
     """
 
     def __init__(
@@ -175,25 +176,27 @@ class IMFDiT(nn.Module):
         num_interval_tokens=2,
         num_time_tokens=4,
         weight_init_constant=0.32,
+        generator=None,
     ):
         super().__init__()
         check_sizes(input_size, patch_size, hidden_size, depth, num_heads, aux_head_depth)
-        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__")}
+        self.config = {k: v for k, v in locals().items() if k not in ("self", "__class__", "generator")}
+        g = generator
         self.num_classes = num_classes
         self.in_channels = in_channels
         self.patch_size = patch_size
         self.has_v_head = v_head
         D = hidden_size
 
-        self.x_embedder = PatchEmbedder(in_channels, D, patch_size)
-        self.h_embedder = ScalarEmbedder(D)
-        self.omega_embedder = ScalarEmbedder(D)
-        self.cfg_t_start_embedder = ScalarEmbedder(D)
-        self.cfg_t_end_embedder = ScalarEmbedder(D)
-        self.y_embedder = LabelEmbedder(num_classes, D)
+        self.x_embedder = PatchEmbedder(in_channels, D, patch_size, generator=g)
+        self.h_embedder = ScalarEmbedder(D, generator=g)
+        self.omega_embedder = ScalarEmbedder(D, generator=g)
+        self.cfg_t_start_embedder = ScalarEmbedder(D, generator=g)
+        self.cfg_t_end_embedder = ScalarEmbedder(D, generator=g)
+        self.y_embedder = LabelEmbedder(num_classes, D, generator=g)
 
         def tokens(n):
-            return nn.Parameter(torch.randn(n, D) / math.sqrt(D))
+            return nn.Parameter(torch.randn(n, D, generator=g) / math.sqrt(D))
 
         self.class_tokens = tokens(num_class_tokens)
         self.omega_tokens = tokens(num_cfg_tokens)
@@ -207,7 +210,7 @@ class IMFDiT(nn.Module):
         self.register_buffer("rope_cos", cos, persistent=False)
         self.register_buffer("rope_sin", sin, persistent=False)
 
-        block = lambda: TransformerBlock(D, num_heads, mlp_ratio, weight_init_constant)  # noqa: E731
+        block = lambda: TransformerBlock(D, num_heads, mlp_ratio, weight_init_constant, g)  # noqa: E731
         self.shared_blocks = nn.ModuleList(block() for _ in range(depth - aux_head_depth))
         self.u_heads = nn.ModuleList(block() for _ in range(aux_head_depth))
         self.v_heads = nn.ModuleList(block() for _ in range(aux_head_depth if v_head else 0))
@@ -284,10 +287,11 @@ SIZES = {
 }
 
 
-def build_model(name: str, **overrides) -> IMFDiT:
-    """build_model("B/2", input_size=32, in_channels=4, num_classes=1000, v_head=True)."""
+def build_model(name: str, generator: torch.Generator | None = None, **overrides) -> IMFDiT:
+    """build_model("B/2", input_size=32, in_channels=4, num_classes=1000, v_head=True); initial weights drawn from
+    `generator` (the global one if None)."""
     check_model(name, **overrides)
-    return IMFDiT(**{**SIZES[name], **overrides})
+    return IMFDiT(**{**SIZES[name], **overrides}, generator=generator)
 
 
 def check_sizes(input_size, patch_size, hidden_size, depth, num_heads, aux_head_depth):

@@ -94,7 +94,7 @@ _DrawFields = create_model(  # imf_core.DrawConfig's fields, types and defaults,
 class DrawsSection(_DrawFields):
     @model_validator(mode="after")
     def _problems(self):
-        problems = DrawConfig.problems(self)  # the dataclass's own checks, on the validated values
+        problems = DrawConfig.problems(self)  # the rules live in imf_core's dataclass; they run on the validated values
         if problems:
             raise ValueError("; ".join(problems))
         return self

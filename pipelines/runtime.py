@@ -10,6 +10,7 @@ import os
 import tempfile
 import threading
 
+from . import ray_seams
 from .errors import UserError, host_port, probe_tcp
 
 LOCAL = (None, "", "local")
@@ -28,14 +29,8 @@ def local_cpus() -> int:
 SERVE_FAST_PATH = {"RAY_SERVE_USE_GRPC_BY_DEFAULT": "1", "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
                    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0"}
 
-# Loggers that a local instance makes noisy: Ray Train's placement-group watchdog asks the State API (served by
-# the dashboard, which a local instance lacks) every second and warns each time it cannot; Train's controller tells
-# the cluster's autoscaler what a run needs, and on a busy machine that call times out and is logged with a
-# traceback that Ray itself calls safe to ignore (a local instance has no autoscaler to tell).
-NOISY_ON_LOCAL_INSTANCES = {
-    "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
-    "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client": logging.ERROR,
-}
+# Loggers that a local instance makes noisy (ray_seams.NOISY_LOGGERS says why).
+NOISY_ON_LOCAL_INSTANCES = ray_seams.NOISY_LOGGERS
 
 
 def setup_local_worker():
@@ -60,57 +55,60 @@ def defer_sigterm():
     """In a worker process whose training loop listens, SIGTERM sets SIGTERM_REQUESTED (the loop stops at the
     next step boundary with a checkpoint) instead of ending the process; elsewhere Ray's handler runs as
     before. Ray's worker main loop installs its handler after the setup hook has run, so this wraps Ray's
-    installer rather than installing a handler itself."""
-    import ray._private.utils as ray_utils
+    installer rather than installing a handler itself (ray_seams: sigterm_installer)."""
 
-    install = ray_utils.set_sigterm_handler
-    if getattr(install, "imf_wrapped", False):
-        return
+    def wrap(install):
+        def install_wrapped(ray_handler):
+            def handler(signum, frame):
+                if SIGTERM_LISTENING.is_set():
+                    SIGTERM_REQUESTED.set()
+                else:
+                    ray_handler(signum, frame)
+            install(handler)
+        return install_wrapped
 
-    def install_wrapped(ray_handler):
-        def handler(signum, frame):
-            if SIGTERM_LISTENING.is_set():
-                SIGTERM_REQUESTED.set()
-            else:
-                ray_handler(signum, frame)
-        install(handler)
+    ray_seams.wrap_sigterm_installer(wrap)
 
-    install_wrapped.imf_wrapped = True
-    ray_utils.set_sigterm_handler = install_wrapped
+
+# What a local instance sets in its environment (never over a value the user set), read when Ray is imported or
+# started, or by the processes it starts. Each for a reason:
+LOCAL_INSTANCE_ENV = {
+    # its servers bind to loopback only (read when Ray is first imported)
+    "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+    # socket paths under the temporary folder must stay short (about 107 characters)
+    "RAY_TMPDIR": os.path.join(tempfile.gettempdir(), "ray_imf"),
+    # Ray 2.59+ asks for a token by default; a local instance of one user needs none
+    "RAY_AUTH_MODE": "disabled",
+    "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0",
+    # Train workers would otherwise route print() through a logger and echo each progress line twice.
+    "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
+    # Train's node-preemption watcher (observability only) has no other node to watch here, and its actor prints a
+    # core_worker ERROR line per run; SIGTERM preemption is ours (train/preemption.py).
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+    # Train's controller polls its workers every 2 s by default: each start and end of a run waits a few polls,
+    # about 7 s of a 25 s tiny run on 2 cores. A poll is cheap next to that on one machine.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.25",
+    # Ray Data's read_parquet starts 32 footer-reading actors per read (processes, each a Ray worker's start-up);
+    # one, with its 128 I/O threads, reads one machine's shards: a streamed tiny run, 92 -> 70 CPU-s on 2 cores.
+    "RAY_DATA_PARQUET_FOOTER_NUM_ACTORS": "1",
+    **ray_seams.INTERNAL_CONFIG_ENV,
+    **SERVE_FAST_PATH,
+}
 
 
 def start_ray(address: str | None = None, num_cpus: int | None = None, object_store_bytes: int = 1 << 30):
     """ray.init for a step. address: None/"local" (a new local instance), "auto", or "ray://HOST:10001"."""
     probe_cluster(address)
     if address in LOCAL:
-        # Read when Ray is first imported: a local instance then binds its servers to loopback only.
-        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+        for key, value in LOCAL_INSTANCE_ENV.items():
+            os.environ.setdefault(key, value)
     import ray
 
     if ray.is_initialized():
         return ray
     if address in LOCAL:
-        os.environ.setdefault("RAY_TMPDIR", os.path.join(tempfile.gettempdir(), "ray_imf"))
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        os.environ.setdefault("RAY_ENABLE_UV_RUN_RUNTIME_ENV", "0")
-        # Train workers would otherwise route print() through a logger and echo each progress line twice.
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-        # Train's node-preemption watcher (observability only) has no other node to watch here, and its actor
-        # prints a core_worker ERROR line per run; SIGTERM preemption is ours (train/preemption.py).
-        os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
-        # Train's controller polls its workers every 2 s by default: each start and end of a run waits a few
-        # polls, about 7 s of a 25 s tiny run on 2 cores. A poll is cheap next to that on one machine.
-        os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.25")
-        # Ray Data's read_parquet starts 32 footer-reading actors per read (processes, each a Ray worker's start-up);
-        # one, with its 128 I/O threads, reads one machine's shards: a streamed tiny run, 92 -> 70 CPU-s on 2 cores.
-        os.environ.setdefault("RAY_DATA_PARQUET_FOOTER_NUM_ACTORS", "1")
-        # Ray starts one worker per logical CPU ahead for the first driver; a pipeline step uses few of them, and
-        # each unused one costs a worker's start-up: a fresh tiny imf train, 74 / 64 -> 58 / 59 CPU-s on 2 cores.
-        os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
-        for key, value in SERVE_FAST_PATH.items():
-            os.environ.setdefault(key, value)
         ray.init(address="local", num_cpus=num_cpus or local_cpus(), object_store_memory=object_store_bytes,
-                 include_dashboard=False, logging_level="WARNING", _temp_dir=os.environ["RAY_TMPDIR"],
+                 include_dashboard=False, logging_level="WARNING", **ray_seams.temp_dir_argument(os.environ["RAY_TMPDIR"]),
                  logging_config=ray.LoggingConfig(log_level="WARNING"),
                  runtime_env={"worker_process_setup_hook": "pipelines.runtime.setup_local_worker"})
     else:

@@ -45,9 +45,9 @@ def experiment_id(client, name: str, tracking_uri: str) -> str:
 
 
 @contextlib.contextmanager
-def _quick_requests(timeout_s: int = 4, retries: int = 1):
-    """MLflow's HTTP retries and timeout for one probe (MLflow reads them per request): a dead server is
-    found out in seconds, not after its default back-off of minutes."""
+def http_limits(retries: int, timeout_s: int):
+    """MLflow's HTTP retries and timeout around some calls, restored after (MLflow reads them per request): a dead
+    server is found out in seconds, not after its default back-off of minutes. The one place they are set."""
     keys = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": str(retries), "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout_s),
             "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1"}
     saved = {k: os.environ.get(k) for k in keys}
@@ -86,7 +86,7 @@ def connect(tracking_uri: str | None):
     probe_server(uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     try:
-        with _quick_requests():
+        with http_limits(retries=1, timeout_s=4):
             client.search_experiments(max_results=1)
     except Exception as err:  # noqa: BLE001 - any failure here means the store is unusable
         raise UserError(f"cannot reach the MLflow tracking store {uri!r} ({err.__class__.__name__}: "
@@ -109,18 +109,19 @@ class TolerantLogger:
     """Logs to one MLflow run; on a failing server, warns (once per kind) and carries on."""
 
     def __init__(self, tracking_uri: str, run_id: str):
-        # Fail fast on a vanished server (MLflow reads these per request).
-        os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = os.environ.get("IMF_MLFLOW_RETRIES", "1")
-        os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = os.environ.get("IMF_MLFLOW_TIMEOUT", "10")
         from mlflow.tracking import MlflowClient
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         self.run_id = run_id
         self.failures = 0
+        # Fail fast on a vanished server: a training step waits for each call.
+        self.limits = dict(retries=int(os.environ.get("IMF_MLFLOW_RETRIES", "1")),
+                           timeout_s=int(os.environ.get("IMF_MLFLOW_TIMEOUT", "10")))
 
     def _guard(self, what, fn, *args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with http_limits(**self.limits):
+                return fn(*args, **kwargs)
         except Exception as err:  # noqa: BLE001 - tracking must never stop training
             self.failures += 1
             if self.failures <= 3 or self.failures % 100 == 0:

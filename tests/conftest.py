@@ -37,13 +37,9 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    from xdist.scheduler import LoadFileScheduling
+    from tests.xdist_seams import scheduler_by
 
-    class ByUnit(LoadFileScheduling):
-        def _split_scope(self, nodeid: str) -> str:
-            return unit_of(nodeid)
-
-    return ByUnit(config, log)
+    return scheduler_by(unit_of, config, log)
 
 
 def randomize(net: torch.nn.Module, std: float = 0.05, seed: int = 0) -> torch.nn.Module:

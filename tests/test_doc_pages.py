@@ -10,7 +10,6 @@ from tests.doc_blocks import ROOT, RUN, SHOWN, WALKTHROUGH, blocks, fences, page
 
 # Files of the developers' own notes, which a clone of the repository does not have.
 OUTSIDE = re.compile(r"(METHOD|DESIGN|ECOSYSTEM)\.md|\.\./shared/")
-# Files that still cite them until issue 28's change repoints them to docs/method.md; empty this list then.
 METHOD_SECTIONS = ["Notation", "The iMF objective", "Guidance as conditioning", "Time sampling", "Tangents", "Network",
                    "Latents", "Sampling", "Training recipe", "Per-step cost", "Parity with the authors' step",
                    "Original MeanFlow and flow matching"]

@@ -66,7 +66,7 @@ def close_child_runs(client, experiment_id: str, parent_run_id: str, rows: list[
     for run in children:
         row = by_trial.get(run.data.tags.get(TRIAL_TAG))
         outcome = row.outcome if row else "failed"
-        if run.info.status == "FAILED" or "nonfinite_step" in run.data.tags:  # the loss blew up, say
+        if run.info.status == "FAILED":  # the trial closed its own run so (a non-finite loss, say)
             outcome = "failed"
         if row:
             row.run_id, row.outcome = run.info.run_id, outcome

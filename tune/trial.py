@@ -4,12 +4,11 @@
 import logging
 
 from ray import tune
-from ray.exceptions import RayActorError
-from ray.train.v2._internal.execution.callback import ControllerCallback
 from ray.tune.integration.ray_train import CHECKPOINT_PATH_KEY, TuneReportCallback
 
+from pipelines import ray_seams
 from pipelines.tracking import log_params
-from pipelines.train.driver import TrainSpec, build_trainer, prepare
+from pipelines.train.driver import TrainSpec, build_trainer, prepare, run_status_actor
 from pipelines.train.schedule import total_steps
 
 from .space import apply
@@ -39,24 +38,24 @@ class EvalReport(TuneReportCallback):
             super().after_report(run_context, evaluated[:1], checkpoint)
 
 
-class QuietTeardown(ControllerCallback):
+class QuietTeardown(ray_seams.controller_callback_class()):
     """Runs in the trial's Train controller. When ASHA stops a trial, Tune ends the trial's actor, which owns
     the controller and through it the workers: the controller's shutdown then finds its workers dead with
     their owner, and Ray logs that with a traceback it calls expected. Only that record is dropped; a worker
     that crashed on its own is still logged (and fails the trial)."""
 
-    LOGGER = "ray.train.v2._internal.callbacks.backend_setup"
+    LOGGER = ray_seams.BACKEND_SETUP_LOGGER
 
     def after_controller_start(self, train_run_context):
         logging.getLogger(self.LOGGER).addFilter(owner_died_filter)
 
 
 def owner_died_filter(record: logging.LogRecord) -> bool:
-    err = record.exc_info[1] if record.exc_info else None
-    return not (isinstance(err, RayActorError) and "its owner has died" in str(err))
+    return not ray_seams.owner_died(record.exc_info[1] if record.exc_info else None)
 
 
 def run_trial(config: dict, setup: dict):
+    import ray
     from mlflow.tracking import MlflowClient
     from ray.train import TrainingFailedError
 
@@ -74,14 +73,15 @@ def run_trial(config: dict, setup: dict):
     print(f"trial {trial_id}: {swept}; MLflow run {run_id}", flush=True)
 
     report = EvalReport(last_step=total_steps(run.cfg, run.num_rows, spec.workers)[1])
+    status = run_status_actor()  # rank 0 tells it a non-finite loss, as in `imf train`
     trainer = build_trainer(spec, run, trial_id, setup["train_storage"], setup["tracking_uri"], run_id,
-                            callbacks=[report, QuietTeardown()], checkpoint_score=(METRIC, "min"))
+                            callbacks=[report, QuietTeardown()], checkpoint_score=(METRIC, "min"), status=status)
     try:
         result = trainer.fit()
     except TrainingFailedError:
         client.set_terminated(run_id, "FAILED")
         raise
-    nonfinite = "nonfinite_step" in client.get_run(run_id).data.tags  # set by rank 0 when the loss blew up
+    nonfinite = ray.get(status.nonfinite.remote()) is not None
     client.set_terminated(run_id, "FAILED" if nonfinite else "FINISHED")
     if result.checkpoint and report.holds_back(result.metrics or {}):
         tune.report({**result.metrics, CHECKPOINT_PATH_KEY: result.checkpoint.path})

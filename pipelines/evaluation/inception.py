@@ -7,8 +7,6 @@ Weights are never downloaded: the file comes from --inception-weights, $IMF_INCE
 hub cache where torch-fidelity itself would have put it.
 """
 
-import importlib
-import importlib.util
 import os
 import sys
 from pathlib import Path
@@ -17,30 +15,12 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from .fidelity_seams import fidelity_module
 
 WEIGHTS_ENV = "IMF_INCEPTION_WEIGHTS"
 WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
 WEIGHTS_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{WEIGHTS_FILE}"
 FEATURES = ("2048", "logits_unbiased")  # pool3 features for FID and precision/recall, logits for IS
-
-
-def fidelity_module(name: str):
-    """torch_fidelity.<name>, imported without running torch_fidelity/__init__.py."""
-    full = f"torch_fidelity.{name}"
-    if full in sys.modules:
-        return sys.modules[full]
-    spec = importlib.util.find_spec("torch_fidelity")
-    if spec is None:
-        raise UserError("torch-fidelity is not installed: run `pip install --no-deps torch-fidelity==0.4.0` "
-                        "(--no-deps: its torchvision requirement would replace this torch)")
-    bare = "torch_fidelity" not in sys.modules
-    if bare:  # an empty package object with the right __path__; its __init__ never runs
-        sys.modules["torch_fidelity"] = importlib.util.module_from_spec(spec)
-    try:
-        return importlib.import_module(full)
-    finally:
-        if bare:
-            del sys.modules["torch_fidelity"]
 
 
 def default_weights_path() -> Path:

@@ -15,8 +15,6 @@ manifest.json is written last.
 
 import io
 import json
-import os
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .. import hooks
 from ..data.images import as_rgb_uint8
 from ..errors import UserError
 from ..progress import Progress
@@ -73,16 +72,16 @@ def labels_for(indices, classes) -> np.ndarray:
 class ShardGenerator:
     """A Ray Data actor: loads the model folder once, then generates, decodes and writes whole shards."""
 
-    def __init__(self, folder, plan: dict, batch_size: int, out: Location):
+    def __init__(self, folder, plan: dict, batch_size: int, out: Location, test_hooks: str | None = None):
         from imf_core import load_generator
 
+        hooks.install(test_hooks)
         self.generator = load_generator(local_folder(Location.of(folder)))
         self.plan, self.batch_size, self.out = plan, batch_size, out
 
     def __call__(self, batch):
         shard = int(batch["shard"][0])
-        if os.environ.get("IMF_SAMPLE_SLOW_SECONDS") and shard > 0:
-            time.sleep(float(os.environ["IMF_SAMPLE_SLOW_SECONDS"]))  # tests: leave time to kill the job
+        hooks.at("sample_shard", shard=shard)
         count = generate_shard(self.generator, self.plan, shard, self.batch_size, self.out)
         return {"shard": [shard], "count": [count]}
 
@@ -286,7 +285,7 @@ def generate(plan, folder: Location, missing, spec: SampleSpec, out: Location):
     ds = ray.data.from_items([{"shard": s} for s in missing], override_num_blocks=len(missing))
     ds = ds.map_batches(ShardGenerator, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size), **per_actor,
                         fn_constructor_kwargs={"folder": folder, "plan": plan, "out": out,
-                                               "batch_size": spec.batch_size})
+                                               "batch_size": spec.batch_size, "test_hooks": hooks.current()})
     todo = sum(min(plan["shard_size"], plan["num"] - s * plan["shard_size"]) for s in missing)
     print(f"imf sample: {size} {'GPU' if gpus else 'CPU'} actor(s) for {len(missing)} shard(s)", flush=True)
     progress, done, images = Progress("sample", todo, "images", every_s=5), 0, 0

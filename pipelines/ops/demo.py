@@ -32,10 +32,9 @@ def run_core_demo(out: Path, seconds: float = 60.0, batch: int = 64, seed: int =
     from ..data.images import as_rgb_uint8, save_grid
 
     out = Path(out)
-    torch.manual_seed(seed)
     pixels, labels = digits("train")
     x_all, y_all = torch.tensor(pixels, dtype=torch.float32)[:, None] / 127.5 - 1, torch.as_tensor(labels)
-    net = build_model("Tiny/2", input_size=8, in_channels=1, num_classes=10)
+    net = build_model("Tiny/2", torch.Generator().manual_seed(seed), input_size=8, in_channels=1, num_classes=10)
     objective, draws_cfg = FastIMFObjective(10), DrawConfig()
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, betas=(0.9, 0.95), weight_decay=0.0)
     ema, g = EMA(net, decays=(0.995,)), torch.Generator().manual_seed(seed)

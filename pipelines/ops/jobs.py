@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 
+from .. import ray_seams
 from ..errors import UserError
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"
@@ -156,7 +157,7 @@ def _submit(client, url: str, **kwargs) -> str:
             return client.submit_job(**kwargs)
         except (RuntimeError, ValueError) as err:
             # A head that has just started answers this until its job agent is up.
-            if "No available agent" in str(err) and time.time() < deadline:
+            if ray_seams.job_agent_starting(err) and time.time() < deadline:
                 time.sleep(2)
                 continue
             hint = (" Leave large files out with --exclude PATTERN or a .rayignore file."
@@ -190,7 +191,7 @@ def _job_call(fn, job_id, url):
     try:
         return fn(job_id)
     except RuntimeError as err:
-        if "404" in str(err) or "does not exist" in str(err):
+        if ray_seams.job_not_found(err):
             raise UserError(f"no job {job_id!r} on the cluster at {url}: `imf jobs list --address {url}` "
                             "shows the ids") from err
         raise UserError(f"the Jobs API at {url} failed for job {job_id} ({str(err)[:300]})") from err

@@ -14,11 +14,13 @@ from pathlib import Path
 
 from ..config import TrainConfig, apply_overrides, check_workers, config_from_dict, load_config
 from ..data.shards import latent_dataset, read_manifest
+from .. import hooks
 from ..errors import UserError
 from ..runtime import probe_cluster
 from ..storage import Location
 from ..tracking import TolerantLogger, connect, experiment_id, log_params
 from .batches import share_bytes
+from .payload import WorkerPayload
 from .preemption import PREEMPTED, DriverSigterm
 from .schedule import total_steps
 
@@ -46,7 +48,6 @@ class TrainSpec:
     register: str | None = None
     address: str | None = None
     tracking_uri: str | None = None
-    debug_dir: str | None = None
 
     def overrides(self) -> list[str]:
         """--set, with --model and --max-steps as the assignments they stand for."""
@@ -127,9 +128,12 @@ def run_status_actor():
     only carries the metrics of the latest checkpoint, and that checkpoint must stay the last good one) or that
     the run stopped for a SIGTERM; the driver asks the workers to stop (preemption.py)."""
     import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     # On the driver's node (as Ray Train's controller): the loss of another node leaves it alive.
-    @ray.remote(num_cpus=0, label_selector={ray._raylet.RAY_NODE_ID_KEY: ray.get_runtime_context().get_node_id()})
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+
+    @ray.remote(num_cpus=0, scheduling_strategy=here)
     class RunStatus:
         def __init__(self):
             self.nonfinite_step = self.preempted_step = None
@@ -156,6 +160,19 @@ def run_status_actor():
     return RunStatus.remote()
 
 
+def ordered_ingest():
+    """Train's ingest options for the streamed latents, with a fixed order per rank (exact resumes)."""
+    import warnings
+
+    from ray.train import DataConfig
+
+    with warnings.catch_warnings():  # Ray's copy of its own defaults warns of a field it sets itself (exclude_resources)
+        warnings.simplefilter("ignore")
+        options = DataConfig.default_ingest_options()
+    options.preserve_order = True
+    return options
+
+
 def worker_resources(spec: TrainSpec) -> tuple[float, float]:
     """(GPUs, CPUs) per training worker: one GPU each when the cluster has enough, else half a CPU each."""
     import ray
@@ -168,34 +185,34 @@ def worker_resources(spec: TrainSpec) -> tuple[float, float]:
 def build_trainer(spec: TrainSpec, run: Prepared, run_name, storage, tracking_uri, run_id, resume_path=None,
                   callbacks=None, status=None, checkpoint_score=None):
     """checkpoint_score: (metric, "min"|"max") to keep the best checkpoints rather than the latest."""
-    from ray.data import DataContext
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
     from .process_group import OneMachineTorchConfig
     from .worker import train_loop_per_worker
 
-    DataContext.get_current().execution_options.preserve_order = True  # a fixed order per rank: exact resumes
     gpus, cpus = worker_resources(spec)
     cfg = run.cfg
     in_memory = share_bytes(run.manifest, spec.workers) <= cfg.train.data_in_memory_gb * 2**30
-    payload = {"config": cfg.to_dict(), "manifest": run.manifest, "num_rows": run.num_rows, "in_memory": in_memory,
-               "tracking_uri": tracking_uri, "run_id": run_id, "resume_path": resume_path, "debug_dir": spec.debug_dir,
-               "status": status, "data": Location.of(spec.data), "reference": None}
+    reference = None
     if cfg.train.eval_samples:
         from .monitors import reference_images
 
-        payload["reference"] = reference_images(spec.data, run.manifest, cfg.train.eval_samples)
+        reference = reference_images(spec.data, run.manifest, cfg.train.eval_samples)
+    payload = WorkerPayload(cfg, run.manifest, run.num_rows, in_memory, Location.of(spec.data), status=status,
+                            tracking_uri=tracking_uri, run_id=run_id, resume_path=resume_path, reference=reference,
+                            hooks=hooks.current())
     score = {"checkpoint_score_attribute": checkpoint_score[0], "checkpoint_score_order": checkpoint_score[1]} \
         if checkpoint_score else {}
     return TorchTrainer(
         train_loop_per_worker,
-        train_loop_config=payload,
+        train_loop_config={"payload": payload},
         scaling_config=ScalingConfig(num_workers=spec.workers, use_gpu=gpus > 0,
                                      placement_strategy=spec.placement_strategy,
                                      resources_per_worker={"CPU": cpus, **({"GPU": gpus} if gpus else {})}),
         torch_config=OneMachineTorchConfig(backend="nccl" if gpus else "gloo"),  # loopback on one machine
         datasets={} if in_memory else {"train": latent_dataset(spec.data)},
+        dataset_config=DataConfig(execution_options=None if in_memory else ordered_ingest()),
         run_config=RunConfig(
             name=run_name, **ray_storage(storage), callbacks=callbacks,
             # Train's own INFO lines (one per checkpoint saved) would sit between our progress lines.
@@ -332,8 +349,6 @@ def add_run_flags(parser):
 
 
 def register(steps):
-    import argparse
-
     from ..cli import spec_from_args
 
     parser = steps.add_parser("train", help="train on latent shards with Ray Train, tracked in MLflow")
@@ -346,5 +361,4 @@ def register(steps):
     parser.add_argument("--register", default=None, metavar="NAME",
                         help="register the final EMA weights in the MLflow model registry under NAME")
     add_run_flags(parser)
-    parser.add_argument("--debug-dir", default=None, help=argparse.SUPPRESS)
     parser.set_defaults(func=lambda args: run_train(spec_from_args(TrainSpec, args)))

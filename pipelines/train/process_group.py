@@ -14,7 +14,10 @@ import tempfile
 import uuid
 
 from ray.train.torch import TorchConfig
-from ray.train.torch.config import _set_torch_distributed_env_vars, _setup_torch_process_group, _TorchBackend
+
+from ..ray_seams import torch_backend
+
+_TorchBackend, _set_torch_distributed_env_vars, _setup_torch_process_group = torch_backend()
 
 
 def _node_id() -> str:

@@ -16,6 +16,7 @@ A checkpoint folder (what `save` writes and `load` and `pipelines.models` read):
 
 import contextlib
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,10 +47,26 @@ def make_objective(cfg: TrainConfig, num_classes: int):
 
 @dataclass
 class Progress:
+    """Where a run stands; only `advance` and `next_epoch` move it."""
     step: int = 0  # optimiser steps taken
     epoch: int = 0
     batch_in_epoch: int = 0  # batches of `epoch` already consumed
     images_seen: int = 0
+
+    def advance(self, images: int):
+        """One optimiser step taken on a global batch of `images`."""
+        self.step += 1
+        self.batch_in_epoch += 1
+        self.images_seen += images
+
+    def next_epoch(self):
+        self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+
+@dataclass
+class StepResult:
+    metrics: dict  # mse_u, mse_v (readable curves), weighted losses, grad_norm, lr
+    finite: bool  # the loss, averaged over ranks, was finite: the step was taken (every rank decides the same)
 
 
 class TrainState:
@@ -59,8 +76,8 @@ class TrainState:
             raise ValueError(f"latent shape {latent_shape} is not square; imfDiT needs H == W")
         self.cfg, self.device = cfg, torch.device(device)
         needs_v = cfg.objective.kind != "mf" and cfg.objective.tangent == "aux"
-        torch.manual_seed(cfg.train.seed)  # the same initial weights on every rank and every run
-        self.model = build_model(cfg.model.name, input_size=H, in_channels=C, num_classes=num_classes,
+        weights = torch.Generator().manual_seed(cfg.train.seed)  # the same initial weights on every rank and run
+        self.model = build_model(cfg.model.name, weights, input_size=H, in_channels=C, num_classes=num_classes,
                                  v_head=needs_v, **cfg.model.overrides).to(self.device)
         self.objective = make_objective(cfg, num_classes)
         self.draw_cfg = cfg.draw_config()
@@ -84,21 +101,27 @@ class TrainState:
         with self.autocast():
             return self.objective(self.model, x, y, draws)
 
-    def step(self, x, y, draws, lr: float) -> dict:
-        """One optimiser step on this rank's batch; every rank must call it equally often. Returns the metrics:
-        the readable curves mse_u/mse_v (unweighted), the adaptive-weighted loss that is optimised (it sits
-        near 2 by construction; averaged over ranks), grad norm and lr. A non-finite loss on any rank leaves
-        the weights as they were, and `weighted_loss` says so."""
+    def step(self, x, y, draws, lr: float) -> StepResult:
+        """One optimiser step on this rank's batch; every rank must call it equally often. The metrics: the
+        readable curves mse_u/mse_v (unweighted), the adaptive-weighted loss that is optimised (it sits near 2
+        by construction; averaged over ranks), grad norm and lr. A non-finite loss on any rank leaves the
+        weights and the progress as they were, on every rank (`finite` is False)."""
         out = self.loss(x, y, draws)
         out.loss.backward()
         mean_loss, grad_norm = self.apply_gradients(out.loss, lr)
+        finite = math.isfinite(mean_loss)
+        if finite:
+            self.progress.advance(self.cfg.train.batch_size)
+            if self.ema is not None:
+                self.ema.update(self.model, self.progress.step if self.cfg.train.ema_warmup else None)
         parts = out.metrics()
-        return {"mse_u": parts["mse_u"], "mse_v": parts["mse_v"], "weighted_loss": mean_loss,
-                "weighted_loss_u": parts["loss_u"], "weighted_loss_v": parts["loss_v"], "grad_norm": grad_norm,
-                "lr": lr}
+        return StepResult({"mse_u": parts["mse_u"], "mse_v": parts["mse_v"], "weighted_loss": mean_loss,
+                           "weighted_loss_u": parts["loss_u"], "weighted_loss_v": parts["loss_v"],
+                           "grad_norm": grad_norm, "lr": lr}, finite)
 
     def apply_gradients(self, loss_value: torch.Tensor, lr: float) -> tuple[float, float]:
-        """Average gradients (and the loss) over ranks, clip if asked, step. Returns (mean loss, grad norm)."""
+        """Average gradients (and the loss) over ranks, clip if asked, step the optimizer unless the mean loss is
+        not finite. Returns (mean loss, grad norm)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in params]
         flat = torch.cat([g.reshape(-1).float() for g in grads] + [loss_value.detach().float().reshape(1)])
@@ -119,9 +142,6 @@ class TrainState:
             group["lr"] = lr
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
-        self.progress.step += 1
-        if self.ema is not None:
-            self.ema.update(self.model, self.progress.step if self.cfg.train.ema_warmup else None)
         return mean_loss, grad_norm
 
     def broadcast_parameters(self):

@@ -5,26 +5,25 @@ data order is fixed by (seed, epoch, rank) (batches.py); a resumed run skips the
 consumed in its epoch and continues exactly as an uninterrupted run would.
 """
 
-import json
 import logging
 import os
 import resource
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 
 from imf_core import draw_step, step_generator
 
-from ..config import config_from_dict
+from .. import hooks, ray_seams
 from ..data.shards import dataset_summary, shard_locations, to_training_batch
 from ..tracking import TolerantLogger
 from .batches import InMemoryRows, StreamedRows
+from .payload import WorkerPayload
 from .preemption import StopAgreement
 from .progress import ProgressLine
 from .schedule import Schedule
-from .state import TrainState
+from .state import StepResult, TrainState
 
 
 def peak_memory_gb(device) -> float:
@@ -35,18 +34,16 @@ def peak_memory_gb(device) -> float:
 
 def quiet_report_lines():
     """Ray Train logs an INFO line per report and rank beside our progress line; its LoggingConfig does not
-    reach them, since that module logs under its file path rather than under `ray.train`."""
-    try:
-        from ray.train.v2._internal.execution import context
-    except ImportError:  # another Ray layout: leave its logging as it is
-        return
-    logging.getLogger(context.__file__).setLevel(logging.WARNING)
+    reach them (ray_seams.report_logger)."""
+    logger = ray_seams.report_logger()
+    if logger is not None:
+        logger.setLevel(logging.WARNING)
 
 
 class Worker:
     """One rank's run: its state, data, schedule, and (rank 0) the MLflow logger and monitors."""
 
-    def __init__(self, payload: dict):
+    def __init__(self, payload: WorkerPayload):
         import ray.train
         import ray.train.torch
 
@@ -55,18 +52,11 @@ class Worker:
         self.device = ray.train.torch.get_device()
         if self.device.type == "cpu":
             torch.set_num_threads(max(1, (os.cpu_count() or 2) // max(1, ctx.get_local_world_size())))
-        self.cfg = config_from_dict(payload["config"])
-        self.manifest = payload["manifest"]
+        self.cfg, self.manifest = payload.config, payload.manifest
         self.latent_shape = tuple(self.manifest["latent_shape"])
-        self.debug_dir = payload.get("debug_dir")  # tests: pids, batch indices, final weights, a pause per step
-        self.pause_s = 0.0  # tests: a run slow enough to be signalled midway
-        if self.debug_dir:
-            Path(self.debug_dir, f"pid_rank{self.rank}").write_text(str(os.getpid()))
-            pause = Path(self.debug_dir, "pause_per_step_s")
-            self.pause_s = float(pause.read_text()) if pause.exists() else 0.0
         self.state = self._restore()
-        evaluating = bool(self.cfg.train.eval_samples) and payload.get("reference") is not None
-        self.schedule = Schedule.of(self.cfg, payload["num_rows"], self.world, evaluating)
+        evaluating = bool(self.cfg.train.eval_samples) and payload.reference is not None
+        self.schedule = Schedule.of(self.cfg, payload.num_rows, self.world, evaluating)
         self.rows = self._rows()
         self.logger = self.grids = self.quick = None
         if self.rank == 0:
@@ -82,27 +72,27 @@ class Worker:
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 state.load(directory)
-        elif self.payload.get("resume_path"):
-            state.load(self.payload["resume_path"])
+        elif self.payload.resume_path:
+            state.load(self.payload.resume_path)
         return state
 
     def _rows(self):
         import ray.train
 
         t, local = self.cfg.train, self.cfg.train.batch_size // self.world
-        if self.payload["in_memory"]:
-            return InMemoryRows(shard_locations(self.payload["data"]), self.rank, self.world, local, t.seed)
+        if self.payload.in_memory:
+            return InMemoryRows(shard_locations(self.payload.data), self.rank, self.world, local, t.seed)
         return StreamedRows(ray.train.get_dataset_shard("train"), local, t.seed, t.shuffle_buffer,
                             self.schedule.steps_per_epoch)
 
     def _rank0_extras(self):
         from .monitors import QuickEval, SampleGrids
 
-        if self.payload.get("run_id"):
-            self.logger = TolerantLogger(self.payload["tracking_uri"], self.payload["run_id"])
+        if self.payload.run_id:
+            self.logger = TolerantLogger(self.payload.tracking_uri, self.payload.run_id)
         self.grids = SampleGrids(self.state, self.manifest)
         if self.schedule.evaluating:
-            self.quick = QuickEval(self.state, self.manifest, *self.payload["reference"])
+            self.quick = QuickEval(self.state, self.manifest, *self.payload.reference)
 
     def batches(self):
         """(step's x, y, index) from the current position to the end of the run, epoch after epoch."""
@@ -114,20 +104,14 @@ class Worker:
                 x, y = to_training_batch(batch, step_generator(t.seed, p.step, self.rank, stream=1),
                                          self.latent_shape, t.flip)
                 yield x.to(self.device), y.to(self.device), batch["index"]
-            p.epoch, p.batch_in_epoch = p.epoch + 1, 0
+            p.next_epoch()
 
-    def step(self, x, y, index) -> dict:
+    def step(self, x, y, index) -> StepResult:
         p, t = self.state.progress, self.cfg.train
-        if self.debug_dir:
-            with open(Path(self.debug_dir, f"batches_rank{self.rank}.jsonl"), "a") as f:
-                f.write(json.dumps({"step": p.step, "index": index.tolist()}) + "\n")
-            time.sleep(self.pause_s)
+        hooks.at("train_step", worker=self, index=index)
         draws = draw_step(len(x), self.latent_shape, self.state.draw_cfg, step_generator(t.seed, p.step, self.rank))
         lr = self.state.learning_rate(self.schedule.steps_per_epoch)
-        metrics = self.state.step(x, y, draws.to(self.device, dtype=torch.float32), lr)
-        if torch.isfinite(torch.tensor(metrics["weighted_loss"])):
-            p.batch_in_epoch, p.images_seen = p.batch_in_epoch + 1, p.images_seen + t.batch_size
-        return metrics
+        return self.state.step(x, y, draws.to(self.device, dtype=torch.float32), lr)
 
     def report(self, metrics: dict, progress: ProgressLine, stop: bool = False):
         """Log, evaluate, checkpoint as the schedule says at this step (every rank reports equally often);
@@ -158,7 +142,7 @@ class Worker:
             ray.train.report(report)
             return
         with tempfile.TemporaryDirectory(prefix="imf_ckpt_") as tmp:
-            self.state.save(tmp, extra={"data": str(self.payload.get("data")), "dataset": dataset_summary(self.manifest)})
+            self.state.save(tmp, extra={"data": str(self.payload.data), "dataset": dataset_summary(self.manifest)})
             for path in self.grids(Path(tmp) / "samples") if sample_now else []:
                 if self.logger:
                     self.logger.artifact(path, f"samples/step_{self.state.progress.step:07d}")
@@ -169,8 +153,8 @@ class Worker:
 
         if self.rank == 0:
             print(f"preempted: stopped after step {self.state.progress.step} with a checkpoint", flush=True)
-            if self.payload.get("status") is not None:
-                ray.get(self.payload["status"].set_preempted.remote(self.state.progress.step))
+            if self.payload.status is not None:
+                ray.get(self.payload.status.set_preempted.remote(self.state.progress.step))
 
     def stop_nonfinite(self, step: int):
         import ray
@@ -179,36 +163,38 @@ class Worker:
         if self.rank == 0:
             print(f"stopping: the loss is not finite at step {step}; the last checkpoint is kept as it was", flush=True)
             if self.logger:
-                self.logger.tag("nonfinite_step", step)
-            if self.payload.get("status") is not None:
-                ray.get(self.payload["status"].set_nonfinite.remote(step))
+                self.logger.tag("nonfinite_step", step)  # for people reading the run; the driver asks the status
+            if self.payload.status is not None:
+                ray.get(self.payload.status.set_nonfinite.remote(step))
         ray.train.report({"step": self.state.progress.step, "nonfinite_step": step})
 
 
 def controller_gone(err: BaseException) -> bool:
-    """Whether a report failed because the run's controller is gone, as when ASHA stops a trial: Ray Train's
-    SynchronizationActor, which the controller owns, died with it (Ray would print the worker's traceback)."""
-    from ray.exceptions import RayActorError
-
-    return isinstance(err, RayActorError) and "SynchronizationActor" in str(err)
+    """Whether a report failed because the run's controller is gone, as when ASHA stops a trial (Ray would print
+    the worker's traceback)."""
+    return ray_seams.synchronization_actor_died(err)
 
 
-def train_loop_per_worker(payload: dict):
+def train_loop_per_worker(config: dict):
+    """Ray Train's entry: config = {"payload": WorkerPayload}."""
+    payload: WorkerPayload = config["payload"]
+    hooks.install(payload.hooks)
     quiet_report_lines()
     worker = Worker(payload)
+    hooks.at("train_worker_started", worker=worker)
     progress = ProgressLine(worker.cfg, worker.schedule, worker.world, worker.state.progress.step)
     if worker.rank == 0:
-        progress.announce(worker.cfg.model.name, payload["in_memory"])
-    stop = StopAgreement(payload.get("status"), worker.rank, worker.device)
+        progress.announce(worker.cfg.model.name, payload.in_memory)
+    stop = StopAgreement(payload.status, worker.rank, worker.device)
     try:
         for x, y, index in worker.batches():
             step = worker.state.progress.step
-            metrics = worker.step(x, y, index)
-            if not torch.isfinite(torch.tensor(metrics["weighted_loss"])):
+            result = worker.step(x, y, index)
+            if not result.finite:
                 worker.stop_nonfinite(step)
                 break
             preempted = stop.agreed() and worker.state.progress.step < worker.schedule.total_steps
-            worker.report(metrics, progress, stop=preempted)
+            worker.report(result.metrics, progress, stop=preempted)
             if preempted:
                 worker.preempted()
                 break
@@ -219,7 +205,4 @@ def train_loop_per_worker(payload: dict):
     finally:
         stop.close()
         worker.rows.close()
-    if worker.debug_dir:
-        from imf_core.checkpoint import save_tensors
-
-        save_tensors(Path(worker.debug_dir, f"params_rank{worker.rank}.safetensors"), worker.state.model.state_dict())
+    hooks.at("train_worker_finished", worker=worker)

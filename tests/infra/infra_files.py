@@ -56,6 +56,13 @@ def dockerfile(path: Path) -> list[tuple[str, str]]:
     return out
 
 
+def locked_version(package: str) -> str:
+    """The version constraints.txt pins a package to."""
+    pins = dict(line.split("==", 1) for line in (REPO / "constraints.txt").read_text().splitlines()
+                if line and not line.startswith("#"))
+    return pins[package]
+
+
 def docker_args(path: Path) -> dict[str, str]:
     return dict(a.split("=", 1) for i, a in dockerfile(path) if i == "ARG" and "=" in a)
 

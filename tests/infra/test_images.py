@@ -9,43 +9,32 @@ import subprocess
 import pytest
 from packaging.requirements import Requirement
 
-from tests.infra.infra_files import INFRA, REPO, docker_args, dockerfile, requirement, yaml_docs
+from tests.infra.infra_files import INFRA, REPO, docker_args, dockerfile, locked_version, requirement, yaml_docs
 
 IMAGE = INFRA / "docker" / "Dockerfile"
 MLFLOW = INFRA / "mlflow"
 
 
-def makefile_pin(package: str) -> str:
-    found = re.findall(rf"(?<![\w-]){package}==([0-9][0-9A-Za-z.+]*)", (REPO / "Makefile").read_text())
-    assert len(set(found)) == 1, f"the Makefile pins {package} {len(set(found))} ways: {found}"
-    return found[0]
-
-
-def test_image_versions_agree_with_pyproject_and_the_makefile():
-    args = docker_args(IMAGE)
-    for package, arg in (("torch", "TORCH_VERSION"), ("ray", "RAY_VERSION"), ("mlflow", "MLFLOW_VERSION")):
-        assert requirement(package).specifier.contains(args[arg]), f"{arg}={args[arg]} is outside pyproject's {requirement(package)}"
-    assert requirement("python").specifier.contains(f"{args['PYTHON']}.0")
-    assert args["TORCH_VERSION"] == makefile_pin("torch")  # the CUDA build of the CPU build's version
-    assert args["TORCH_FIDELITY_VERSION"] == makefile_pin("torch-fidelity")
-    assert docker_args(MLFLOW / "Dockerfile")["MLFLOW_VERSION"] == args["MLFLOW_VERSION"]
-
-
-def test_image_installs_the_package_with_pyprojects_ray_extras():
+def test_image_installs_the_locked_versions_and_the_package_with_pyprojects_ray_extras():
     steps = dockerfile(IMAGE)
     assert steps[0][0] == "FROM" and steps[0][1].startswith("nvidia/cuda:")
+    assert requirement("python").specifier.contains(f"{docker_args(IMAGE)['PYTHON']}.0")
     runs = [a for i, a in steps if i == "RUN"]
-    fidelity = [r for r in runs if "torch-fidelity==" in r]
-    assert fidelity and all("--no-deps" in r for r in fidelity)  # its torchvision would replace our torch
+    installs = [c for r in runs for c in r.split("&&") if "pip install" in c]
+    assert installs and all("-c constraints.txt" in c for c in installs)  # the lock, every time
+    assert not re.search(r"==\$\{?\w+VERSION", " ".join(runs))  # no version besides the lock's
+    fidelity = [c for c in installs if "torch-fidelity" in c]
+    assert fidelity and all("--no-deps" in c for c in fidelity)  # its torchvision would replace our torch
     ray_extras = set(requirement("ray").extras)
-    pins = [Requirement(m.replace("${RAY_VERSION}", "0")) for r in runs for m in re.findall(r'"(ray\[[^"]+)"', r)]
+    pins = [Requirement(m) for r in runs for m in re.findall(r'"(ray\[[^"]+)"', r)]
     assert pins and all(p.extras == ray_extras for p in pins)
-    assert any(re.search(r"pip install .* -e \.$", r) for r in runs)  # the package itself, last
+    assert re.search(r"pip install .* -e \.$", runs[-1])  # the package itself, last
     for instruction, arguments in steps:
         if instruction == "COPY":
             sources = [a for a in arguments.split()[:-1] if not a.startswith("--")]
             assert all((REPO / s).exists() for s in sources), f"COPY {arguments}: a source is missing"
     assert [a for i, a in steps if i == "USER"][-1] not in ("root", "0")
+    assert docker_args(MLFLOW / "Dockerfile")["MLFLOW_VERSION"] == locked_version("mlflow")  # the server is the client's
 
 
 def compose():

@@ -123,8 +123,8 @@ def test_the_tangent_method_reaches_the_objective_and_a_step_runs(tmp_path, kind
     assert (objective.jvp, objective.jvp_step, objective.jvp_precision) == ("finite_difference", 3e-3, "fp32")
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(8, 1, 8, 8, generator=g), torch.randint(10, (8,), generator=g)
-    metrics = state.step(x, y, draw_step(8, (1, 8, 8), state.draw_cfg, step_generator(0, 0)), lr=1e-3)
-    assert state.progress.step == 1 and metrics["grad_norm"] > 0
+    result = state.step(x, y, draw_step(8, (1, 8, 8), state.draw_cfg, step_generator(0, 0)), lr=1e-3)
+    assert result.finite and state.progress.step == 1 and result.metrics["grad_norm"] > 0
     assert load_config("demo").objective.jvp == "forward_ad"  # the default
 
 

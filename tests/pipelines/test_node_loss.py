@@ -15,6 +15,7 @@ import pytest
 from tests.infra.local_cluster import LocalHead, LocalNode, head_env
 from tests.pipelines.model_helpers import model_folder
 from tests.pipelines.train_helpers import batch_log, write_config
+from tests.run_hooks import hooks_file
 
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +67,7 @@ def test_training_survives_the_loss_of_a_node(cluster, tmp_path_factory, latents
     debug.mkdir()
     proc = imf(["train", "--data", str(latents), "--config", str(config), "--workers", "2", "--address", head.gcs,
                 "--placement-strategy", "SPREAD", "--max-failures", "1", "--storage", str(tmp / "runs"), "--name",
-                "lost", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db", "--debug-dir", str(debug)])
+                "lost", "--tracking-uri", f"sqlite:///{tmp}/mlflow.db"], IMF_TEST_HOOKS=str(hooks_file(debug)))
     wait_for(lambda: any(e["step"] >= 3 for e in batch_log(debug, 0)), what="step 3")
     on_node = {p.pid for p in node.processes()}
     ranks = {r: int((debug / f"pid_rank{r}").read_text()) for r in (0, 1)}
@@ -90,7 +91,7 @@ def test_sampling_survives_the_loss_of_a_node_with_every_image_once(cluster, tmp
     node = add_node(cluster)
     model, out = model_folder(tmp_path), tmp_path / "samples"
     proc = imf(["sample", "--model", str(model), "--num", "24", "--shard-size", "3", "--actors", "4", "--out",
-                str(out), "--address", head.gcs, "--omega", "2"], IMF_SAMPLE_SLOW_SECONDS="2")
+                str(out), "--address", head.gcs, "--omega", "2"], IMF_TEST_HOOKS=str(hooks_file(tmp_path / "hooks", sample_slow_s=2)))
     wait_for(lambda: len(list((out / "parts").glob("shard-*.parquet"))) >= 1, what="a first shard")
     titles = [" ".join(p.cmdline()) for p in node.processes()]
     assert any("ShardGenerator" in t for t in titles), f"no sampling actor on the second node: {titles}"

@@ -1,5 +1,6 @@
 """Shared pieces of the training tests: a tiny encoded dataset and config files."""
 
+import contextlib
 import json
 from pathlib import Path
 
@@ -7,7 +8,8 @@ import numpy as np
 import yaml
 from PIL import Image
 
-from pipelines import cli
+from pipelines import cli, hooks
+from tests.run_hooks import hooks_file
 
 
 def digits_tree(root: Path, classes=4, per_class=16) -> Path:
@@ -45,14 +47,13 @@ def write_config(path: Path, **train) -> Path:
 
 def train(latents, config, storage, name, workers=2, debug=None, extra=(), tracking_uri=None):
     """`imf train` in this process; the MLflow store is storage/mlflow.db unless tracking_uri is given (a bucket's
-    storage needs one)."""
+    storage needs one). debug: a folder where the tests' hooks record pids, batches and final weights
+    (tests/run_hooks.py)."""
     argv = ["train", "--data", str(latents), "--config", str(config), "--workers", str(workers),
             "--storage", str(storage), "--name", name,
             "--tracking-uri", tracking_uri or f"sqlite:///{storage}/mlflow.db", *extra]
-    if debug is not None:
-        Path(debug).mkdir(parents=True, exist_ok=True)
-        argv += ["--debug-dir", str(debug)]
-    return cli.main(argv)
+    with hooks.installed(hooks_file(debug)) if debug is not None else contextlib.nullcontext():
+        return cli.main(argv)
 
 
 def batch_log(debug: Path, rank: int) -> list[dict]:

@@ -12,6 +12,7 @@ import pytest
 from pipelines import cli
 from tests.pipelines.listening import exposed, listening
 from tests.pipelines.model_helpers import model_folder, reference_images
+from tests.run_hooks import hooks_file
 
 pytestmark = pytest.mark.timeout(900)
 
@@ -57,7 +58,7 @@ def test_a_killed_job_rerun_finishes_only_the_missing_shards_and_listened_on_loo
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *sample_args(model, killed, "--actors", "1")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "IMF_SAMPLE_SLOW_SECONDS": "3"})
+                            env={**os.environ, "IMF_TEST_HOOKS": str(hooks_file(tmp_path / "hooks", sample_slow_s=3))})
     parts = killed / "parts"
     deadline = time.time() + 600
     while time.time() < deadline and len(list(parts.glob("shard-*.parquet"))) < 1:

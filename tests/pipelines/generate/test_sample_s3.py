@@ -15,6 +15,7 @@ import pytest
 from pipelines import cli
 from tests.pipelines.generate.test_sample import sample_args
 from tests.pipelines.model_helpers import model_folder
+from tests.run_hooks import hooks_file
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -28,7 +29,7 @@ def test_sample_into_a_bucket_killed_and_rerun_then_evaluate_from_it(s3, ray_ses
     out = f"{bucket}/samples"
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *sample_args(model, out, "--actors", "1")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "IMF_SAMPLE_SLOW_SECONDS": "3"})  # AWS_ENDPOINT_URL: the server
+                            env={**os.environ, "IMF_TEST_HOOKS": str(hooks_file(tmp_path / "hooks", sample_slow_s=3))})  # AWS_ENDPOINT_URL: the server
     deadline = time.time() + 300
     while time.time() < deadline and not any(k.startswith("parts/") for k in s3.keys(out)):
         time.sleep(0.2)

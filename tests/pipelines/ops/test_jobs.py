@@ -17,10 +17,10 @@ TRAIN = ["train", "--data", "/shared/latents", "--config", "pipelines/configs/im
 
 def shipped_files(root, env) -> set[str]:
     """The files Ray packs for this runtime env, with Ray's own packing code."""
-    from ray._private.runtime_env.packaging import create_package
+    from pipelines.ray_seams import runtime_env_package
 
     target = root.parent / "package.zip"
-    create_package(str(root), target, include_gitignore=True, excludes=env["excludes"])
+    runtime_env_package(str(root), target, env["excludes"])
     with zipfile.ZipFile(target) as z:
         return {n for n in z.namelist() if not n.endswith("/")}
 

@@ -17,6 +17,7 @@ import pytest
 from pipelines.train.preemption import PREEMPTED
 from tests.pipelines.listening import exposed, listening
 from tests.pipelines.train_helpers import batch_log, train, write_config
+from tests.run_hooks import hooks_file
 
 pytestmark = pytest.mark.timeout(600)
 ROOT = Path(__file__).resolve().parents[3]
@@ -76,8 +77,8 @@ def signal_when(debug: Path, rank: int, pid_of, before=None, at_step=2, timeout=
     return sent
 
 
-def driver_process(argv) -> subprocess.Popen:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+def driver_process(argv, hooks) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1", "IMF_TEST_HOOKS": str(hooks)}
     return subprocess.Popen([sys.executable, "-m", "pipelines.cli", *argv], env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
 
@@ -98,9 +99,8 @@ def test_sigterm_to_a_worker_then_to_the_driver_and_resume_is_bit_identical(setu
     assert 2 <= first < STEPS and worker_exit < BOUND_S, (first, worker_exit)
 
     argv = ["train", "--data", str(latents), "--config", str(config), "--workers", "2", "--storage", str(runs),
-            "--name", "stopped", "--tracking-uri", f"sqlite:///{runs}/mlflow.db", "--debug-dir", str(debug),
-            "--resume", "stopped"]
-    proc = driver_process(argv)
+            "--name", "stopped", "--tracking-uri", f"sqlite:///{runs}/mlflow.db", "--resume", "stopped"]
+    proc = driver_process(argv, hooks=hooks_file(debug))
     sent = signal_when(debug, 0, lambda: proc.pid, before=lambda: listening(proc.pid), at_step=first + 2)
     text, _ = proc.communicate(timeout=480)
     driver_exit = time.monotonic() - sent["at"]

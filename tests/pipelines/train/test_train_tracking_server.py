@@ -10,8 +10,7 @@ import urllib.request
 
 import pytest
 
-from tests.pipelines.train_helpers import batch_log, write_config
-from pipelines import cli
+from tests.pipelines.train_helpers import batch_log, train, write_config
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -72,9 +71,8 @@ def test_metrics_reach_a_server_and_its_disappearance_only_warns(tmp_path, laten
     killer = threading.Thread(target=stop_after_step_3, daemon=True)
     killer.start()
     try:
-        status = cli.main(["train", "--data", str(latents), "--config", str(config), "--workers", "1",
-                           "--storage", str(tmp_path / "runs"), "--name", "http",
-                           "--tracking-uri", f"http://127.0.0.1:{port}", "--debug-dir", str(debug)])
+        status = train(latents, config, tmp_path / "runs", "http", workers=1, debug=debug,
+                       tracking_uri=f"http://127.0.0.1:{port}")
     finally:
         killer.join(timeout=60)
         stop(proc)
