@@ -8,17 +8,32 @@ STAMP := $(VENV)/.imf-installed
 TEST_WORKERS ?= 2
 DEMO_DIR ?= demo_out
 
-.PHONY: install test demo docs bench-cpu clean
+.PHONY: install test demo docs lock lint bench-cpu clean
 
-$(STAMP): pyproject.toml
+# Every install takes the locked set of versions, constraints.txt (`make lock` regenerates it from pyproject's ranges).
+PIP := $(PY) -m pip install -q --disable-pip-version-check -c constraints.txt
+
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	@# Without a GPU, take the CPU build of torch first: an unpinned torch pulls a multi-GB CUDA build.
-	@if command -v nvidia-smi >/dev/null 2>&1; then echo "GPU found: torch comes from pyproject's range"; \
-	else $(PY) -m pip install -q --disable-pip-version-check torch==2.13.0; fi
-	$(PY) -m pip install -q --disable-pip-version-check -e ".[test,docs]"
+	@if command -v nvidia-smi >/dev/null 2>&1; then echo "GPU found: the CUDA build of the locked torch"; \
+	else $(PIP) torch==2.13.0; fi
+	$(PIP) -e ".[test,docs]"
 	@# torch-fidelity declares torchvision, whose PyPI wheels do not load beside this torch; its Inception-v3 needs none of it.
-	$(PY) -m pip install -q --disable-pip-version-check --no-deps "torch-fidelity==0.4.0"
+	$(PIP) --no-deps torch-fidelity
 	touch $(STAMP)
+
+# constraints.txt: a fresh venv installed from pyproject.toml's ranges (as above, without the lock), frozen. Run it
+# after a change of a range or an extra, then `make test`.
+lock:
+	rm -rf .lock-venv && $(PYTHON) -m venv .lock-venv
+	.lock-venv/bin/pip install -q torch==2.13.0
+	.lock-venv/bin/pip install -q -e ".[test,docs]"
+	.lock-venv/bin/pip install -q --no-deps "torch-fidelity==0.4.0"
+	{ echo "# The versions make install, .ci/run and infra/docker/Dockerfile install. Regenerate: make lock"; \
+	  echo "# (pip freeze of a fresh venv installed from pyproject.toml's ranges; torch without its +cpu label)."; \
+	  .lock-venv/bin/pip freeze --exclude-editable | sed 's/^torch==\([^+]*\)+.*/torch==\1/'; } > constraints.txt
+	rm -rf .lock-venv
 
 # The playground test drives Debian's chromium through its chromedriver (tests/pipelines/serve/test_clients.py).
 CHROMEDRIVER := /usr/bin/chromedriver
@@ -38,6 +53,9 @@ test: $(STAMP) $(CHROMEDRIVER)
 demo: $(STAMP)
 	@# One OpenMP thread per process here too: the two training workers (and later the sampling actors) share the cores.
 	OMP_NUM_THREADS=1 $(VENV)/bin/imf demo --out $(DEMO_DIR)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
 
 docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pipelines.data.sources import decode_shard
 from imf_core.codecs import codec_from_description
 from pipelines.data.encode import plan_encode, run_encode, write_encoded_shard
+from pipelines.data.sources import decode_shard
 from pipelines.runtime import start_ray
 
 

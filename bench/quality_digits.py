@@ -95,7 +95,8 @@ def main():
                 seconds = time.time() - start
                 label = f"{name} ({jvp.replace('_', ' ')}), seed {seed}" if name != "flow matching" else name
                 for nfe in nfes:
-                    rows = [(omega, score(state, nfe, omega, instantaneous=name == "flow matching")) for omega in omegas]
+                    rows = [(omega, score(state, nfe, omega, instantaneous=name == "flow matching"))
+                            for omega in omegas]
                     omega, best = min(rows, key=lambda row: row[1][KEYS[0]])
                     print(f"{label:44s} {nfe:4d} {omega:6.2f} " + " ".join(f"{best[k]:{w}.3f}" for k, w in
                                                                            zip(KEYS, (9, 10, 7))) +

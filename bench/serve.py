@@ -165,7 +165,8 @@ def main():
         print(f"| {c} | {dp[0]:.1f} / {dp[1]:.1f} / {dp[2]:.1f} | {dr:.1f} | {sp[0]:.1f} / {sp[1]:.1f} / {sp[2]:.1f} "
               f"| {sr:.1f} | {sr / dr:.2f} | {statistics.median(rows[c]['batch']):.1f} |")
     if 1 in summary:
-        print(f"\nsingle-client latency overhead (serve p50 - direct p50): {summary[1][2][0] - summary[1][0][0]:.1f} ms "
+        print(f"\nsingle-client latency overhead (serve p50 - direct p50): "
+              f"{summary[1][2][0] - summary[1][0][0]:.1f} ms "
               "(target <= 20 ms)")
     top = max(levels)
     print(f"throughput at {top} clients: serve / direct batched = {summary[top][3] / summary[top][1]:.2f} "

@@ -29,7 +29,6 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.core.jax_fixture
 
 from common import randomize  # noqa: E402
-
 from imf_core import DrawConfig, FastIMFObjective, build_model, draw_step  # noqa: E402
 from imf_core.finite_difference import DEFAULT_STEP  # noqa: E402
 from imf_core.objectives import _dropped_labels, _noisy, guided_target, u_tangent_finite_difference  # noqa: E402
@@ -54,7 +53,8 @@ def b2_shaped_case(device, batch=16, shape=None, seed=0):
     x = torch.randn(batch, 4, 32, 32, generator=g)
     y = torch.randint(1000, (batch,), generator=g)
     draws = draw_step(batch, x.shape[1:], DrawConfig(), g)
-    name = "B/2" if shape["hidden_size"] == 768 else f"B/2-shaped (depth 12, 8 per branch, width {shape['hidden_size']})"
+    name = ("B/2" if shape["hidden_size"] == 768
+            else f"B/2-shaped (depth 12, 8 per branch, width {shape['hidden_size']})")
     return name, net.to(device), x, y, draws
 
 
@@ -104,7 +104,8 @@ def finite_difference_table(case, steps=STEPS):
             objective = FastIMFObjective(1000, jvp="finite_difference", jvp_step=step, jvp_precision=label)
             terms, worst, median = errors(step_outputs(net, x, y, draws, objective), reference)
             mark = " (default)" if step == DEFAULT_STEP and label == "fp32" else ""
-            print(f"| FD {label} | {step:.0e}{mark} | {rel(fd, ad):.1e} | {terms['mse_u']:.1e} | {terms['mse_v']:.1e} | "
+            print(f"| FD {label} | {step:.0e}{mark} | {rel(fd, ad):.1e} | {terms['mse_u']:.1e} | "
+                  f"{terms['mse_v']:.1e} | "
                   f"{terms['loss']:.1e} | {worst:.1e} | {median:.1e} |", flush=True)
     wide = net.double()
     exact = step_outputs(wide, x.double(), y, draws.to(dtype=torch.float64), FastIMFObjective(1000, jvp="manual"))
@@ -121,7 +122,8 @@ def precision_table(case):
     print("| step | tangent | tangent precision | mse_u | loss | gradient, worst tensor | gradient, median tensor |")
     print("|---|---|---|---|---|---|---|")
     rows = [("fp32", "forward AD", "fp32"), ("fp32", "finite difference", "fp32")]
-    rows += [("bf16", jvp, precision) for jvp in ("forward AD", "finite difference") for precision in ("autocast", "fp32")]
+    rows += [("bf16", jvp, precision) for jvp in ("forward AD", "finite difference")
+             for precision in ("autocast", "fp32")]
     for step_dtype, jvp, precision in rows:
         method = "manual" if jvp == "forward AD" else "finite_difference"
         objective = FastIMFObjective(1000, jvp=method, jvp_precision=precision)
@@ -160,7 +162,8 @@ def main():
     cases = [parity_case(device), b2_shaped_case(device, args.batch, shape)]
     cases = [(name, net, x.to(device), y.to(device), draws.to(device=device)) for name, net, x, y, draws in cases]
     hw = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"{hw}, torch {torch.__version__}; relative errors (L2 norm of the difference over the norm of the reference)")
+    print(f"{hw}, torch {torch.__version__}; "
+          "relative errors (L2 norm of the difference over the norm of the reference)")
     tables = args.tables.split(",")
     if "fd" in tables:
         print("\n## Finite difference against forward-mode AD (fp32 step)")

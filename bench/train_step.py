@@ -189,7 +189,8 @@ def main():
             compile_s[n] = time.perf_counter() - start
             if not args.no_memory:
                 step(n, 0, args.batch // 2)  # compiles the half-batch shapes outside the measurement
-                half, full = (peak_above_start(lambda b=b: step(n, 0, b), device) for b in (args.batch // 2, args.batch))
+                half, full = (peak_above_start(lambda b=b, n=n: step(n, 0, b), device)
+                              for b in (args.batch // 2, args.batch))
                 memory[n] = (full / 2**30, (full - half) / (args.batch - args.batch // 2) / 2**20)
         except torch.OutOfMemoryError:
             failed[n] = "out of memory"

@@ -99,7 +99,8 @@ def load_official(path, size: str, device="cpu", **overrides) -> IMFDiT:
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"official checkpoint {path} not found (download iMF-*-2.pth from the authors' release)")
+        raise FileNotFoundError(f"official checkpoint {path} not found "
+                                "(download iMF-*-2.pth from the authors' release)")
     state = torch.load(str(path), map_location="cpu", weights_only=True)
     if not isinstance(state, dict):
         raise ValueError(f"{path} holds a {type(state).__name__}, not a state dict")

@@ -25,8 +25,7 @@ from .attention import forward_ad_attention
 from .draws import StepDraws
 from .finite_difference import DEFAULT_STEP, tangent_precision
 from .model import IMFDiT
-from .objectives import (_call, _dropped_labels, _noisy, _weighted_terms, check_jvp, per_row,
-                         u_tangent_finite_difference)
+from .objectives import _call, _dropped_labels, _noisy, _weighted_terms, check_jvp, per_row, u_tangent_finite_difference
 from .tangent import u_with_tangent
 
 

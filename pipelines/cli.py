@@ -25,7 +25,8 @@ STEPS = [
     "pipelines.ops.jobs",           # imf submit, imf jobs
     "pipelines.ops.demo",           # imf demo
 ]
-ADDRESS_HELP = "Ray cluster: auto (the cluster this machine is part of) or ray://HOST:10001; default a new local instance"
+ADDRESS_HELP = ("Ray cluster: auto (the cluster this machine is part of) or ray://HOST:10001; "
+                "default a new local instance")
 TRACKING_HELP = "MLflow tracking URI, e.g. http://mlflow:5000; default a local store (SQLite) under ./mlruns"
 
 

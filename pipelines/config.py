@@ -1,7 +1,7 @@
 """Training configuration: one YAML file (plus `--set key=value` overrides), validated before any worker starts.
 
-Defaults are the paper's ImageNet-256 recipe (docs/method.md; the paper, arXiv 2512.02012). The config is a pydantic model:
-every key must be known, every value of the right type, finite and in range, and every problem is
+Defaults are the paper's ImageNet-256 recipe (docs/method.md; the paper, arXiv 2512.02012). The config is a
+pydantic model: every key must be known, every value of the right type, finite and in range, and every problem is
 reported at once, naming the key, the value given and what is allowed. YAML is read with YAML 1.2's
 numbers, so `1e-4` and `3e5` are numbers (PyYAML alone reads them as strings).
 """
@@ -49,7 +49,8 @@ class ModelSection(BaseModel):
             kind = MODEL_OVERRIDES.get(key)
             if kind is None:
                 problems.append(f"{key} cannot be overridden (these can: {', '.join(MODEL_OVERRIDES)})")
-            elif isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and value != int(value)):
+            elif (isinstance(value, bool) or not isinstance(value, (int, float))
+                  or (kind is int and value != int(value))):
                 problems.append(f"{key} = {value!r} must be a {'whole ' if kind is int else ''}number")
             elif not (math.isfinite(value) and value > 0):
                 problems.append(f"{key} = {value!r} must be a finite number > 0")
@@ -190,7 +191,8 @@ class TrainConfig(BaseModel):
 
     def flat(self) -> dict:
         """{"optim.lr": 1e-4, ...}: what MLflow logs as params."""
-        return {f"{section}.{key}": value for section, values in self.to_dict().items() for key, value in values.items()}
+        return {f"{section}.{key}": value for section, values in self.to_dict().items()
+                for key, value in values.items()}
 
 
 SECTIONS = {name: field.annotation for name, field in TrainConfig.model_fields.items()}

@@ -108,7 +108,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
         return ray
     if address in LOCAL:
         ray.init(address="local", num_cpus=num_cpus or local_cpus(), object_store_memory=object_store_bytes,
-                 include_dashboard=False, logging_level="WARNING", **ray_seams.temp_dir_argument(os.environ["RAY_TMPDIR"]),
+                 include_dashboard=False, logging_level="WARNING",
+                 **ray_seams.temp_dir_argument(os.environ["RAY_TMPDIR"]),
                  logging_config=ray.LoggingConfig(log_level="WARNING"),
                  runtime_env={"worker_process_setup_hook": "pipelines.runtime.setup_local_worker"})
     else:

@@ -16,7 +16,8 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 # run); the longest units go first (per-file times of a serial run), so that neither worker is left with a long one
 # at the end. (xdist's own `xdist_group` marks do nothing under pytest 9: they rewrite a node id that is read-only now.)
 SHARED = {"tests/test_walkthrough.py": "walkthrough", "tests/tune/test_sweep.py": "walkthrough",
-          "tests/pipelines/train/test_train.py": "streamed run", "tests/pipelines/train/test_train_s3.py": "streamed run"}
+          "tests/pipelines/train/test_train.py": "streamed run",
+          "tests/pipelines/train/test_train_s3.py": "streamed run"}
 LONGEST_FIRST = ["walkthrough", "streamed run", "tests/pipelines/train/test_preemption.py",
                  "tests/pipelines/train/test_quality.py", "tests/pipelines/test_node_loss.py",
                  "tests/pipelines/ops/test_submit_cluster.py", "tests/bench/test_bench_smoke.py",

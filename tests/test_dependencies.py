@@ -4,10 +4,10 @@ declared in pyproject.toml: the product's in its dependencies, the tests', bench
 import ast
 import subprocess
 import sys
-import tomllib
 from importlib.metadata import distributions, packages_distributions, version
 from pathlib import Path
 
+import tomllib
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
@@ -41,7 +41,7 @@ def declared() -> dict[str, set[str]]:
 
 
 def imported(folder: str) -> set[str]:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", folder, "--", "*.py"], cwd=ROOT,
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "--", f"{folder}/*.py"], cwd=ROOT,
                            capture_output=True, text=True, check=True).stdout.split()
     tops = set()
     for name in files:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.config import CONFIGS, SECTIONS, apply_overrides, config_path, check_workers, config_from_dict, read_yaml
+from pipelines.config import CONFIGS, SECTIONS, apply_overrides, check_workers, config_from_dict, config_path, read_yaml
 from pipelines.errors import UserError
 
 SPACES = Path(__file__).resolve().parent / "spaces"

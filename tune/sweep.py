@@ -15,8 +15,8 @@ from pathlib import Path
 
 from pipelines.config import config_from_dict
 from pipelines.errors import UserError
-from pipelines.tracking import connect, experiment_id, log_params
 from pipelines.storage import Location
+from pipelines.tracking import connect, experiment_id, log_params
 from pipelines.train.driver import TrainSpec, prepare, ray_storage, storage_root, worker_resources
 from pipelines.train.schedule import total_steps
 

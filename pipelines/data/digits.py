@@ -85,7 +85,8 @@ def register(steps):
     kinds = parser.add_subparsers(dest="dataset", required=True, metavar="DATASET")
     embedded = kinds.add_parser("embedded", help="scikit-learn's digits: 1797 labelled 8x8 images, 10 classes "
                                                  "(no download)")
-    embedded.add_argument("--out", required=True, help="folder or bucket prefix (s3://...) for the class-folder tree (PNG)")
+    embedded.add_argument("--out", required=True,
+                          help="folder or bucket prefix (s3://...) for the class-folder tree (PNG)")
     embedded.add_argument("--split", choices=SPLITS, default="train",
                           help="train (1201, the default), test (596 held out for evaluation) or all")
     embedded.set_defaults(func=_embedded)

@@ -30,12 +30,13 @@ from ..errors import UserError
 from ..progress import Progress
 from ..storage import Location, read_json, write_json
 from .images import CROP, DATASET_MARKER
-from .sources import FORMATS, decode_shard_row, list_images
 from .shards import MANIFEST, PLAN, SHARD_DIR, moments_array, shard_metadata, shard_path, shard_table, write_shard
+from .sources import FORMATS, decode_shard_row, list_images
 
 DEFAULT_SHARD_SIZE = 512
 DEFAULT_VAE = "stabilityai/sd-vae-ft-mse"
-COMPARED = ("format", "codec", "resolution", "crop", "latent_shape", "flip", "shard_size", "class_names", "files", "files_sha256")
+COMPARED = ("format", "codec", "resolution", "crop", "latent_shape", "flip", "shard_size", "class_names", "files",
+            "files_sha256")
 
 
 @dataclass
@@ -74,8 +75,8 @@ class Plan:
         return hashlib.sha256("\n".join(f"{p}\t{label}" for p, label in self.files).encode()).hexdigest()
 
     def settings(self) -> dict:
-        return {"images": str(self.images), "format": self.format, "codec": self.codec, "resolution": self.resolution, "crop": CROP,
-                "latent_shape": self.latent_shape, "flip": self.flip, "shard_size": self.shard_size,
+        return {"images": str(self.images), "format": self.format, "codec": self.codec, "resolution": self.resolution,
+                "crop": CROP, "latent_shape": self.latent_shape, "flip": self.flip, "shard_size": self.shard_size,
                 "class_names": self.class_names, "files": len(self.files), "files_sha256": self.files_sha256}
 
     def shard_meta(self) -> dict:
@@ -263,7 +264,8 @@ def say(message: str):
     print(message, flush=True)
 
 
-def run_encode(plan: Plan, address=None, actors: int | None = None, batch_size: int = 64, dtype: str = "float32") -> dict:
+def run_encode(plan: Plan, address=None, actors: int | None = None, batch_size: int = 64,
+               dtype: str = "float32") -> dict:
     """Encode the plan's missing shards on Ray, then write manifest.json. -> summary counts."""
     from ..runtime import probe_cluster
 
@@ -273,7 +275,8 @@ def run_encode(plan: Plan, address=None, actors: int | None = None, batch_size: 
     if missing:
         (plan.out / MANIFEST).delete()
     say(f"imf encode: {len(plan.files)} files in {len(plan.class_names)} classes -> {plan.num_shards} shards of "
-        f"{plan.shard_size}; {len(plan.existing)} already done, {len(missing)} to encode ({_describe(plan.settings())})")
+        f"{plan.shard_size}; {len(plan.existing)} already done, {len(missing)} to encode "
+        f"({_describe(plan.settings())})")
     start, encoded, rejected, first = time.time(), 0, 0, None
     if missing:
         from ..runtime import start_ray
@@ -322,8 +325,9 @@ def write_manifest(plan: Plan) -> dict:
     mean = total / max(count, 1)
     std = np.sqrt(np.maximum(total_sq / max(count, 1) - mean**2, 0))
     settings = plan.settings()
-    manifest = {"format": "imf-latents/1", "dataset": plan.dataset, **{k: settings[k] for k in ("images", "codec", "resolution", "crop",
-                                                                        "latent_shape", "flip", "class_names")},
+    manifest = {"format": "imf-latents/1", "dataset": plan.dataset,
+                **{k: settings[k] for k in ("images", "codec", "resolution", "crop",
+                                            "latent_shape", "flip", "class_names")},
                 "num_classes": len(plan.class_names), "shard_size": plan.shard_size,
                 "counts": {"encoded": encoded, "rejected": len(rejects), "files": len(plan.files)},
                 "latent_stats": {"mean": mean.tolist(), "std": std.tolist()},
@@ -333,7 +337,8 @@ def write_manifest(plan: Plan) -> dict:
 
 
 def _main(args):
-    for flag, value in (("--shard-size", args.shard_size), ("--batch-size", args.batch_size), ("--actors", args.actors)):
+    for flag, value in (("--shard-size", args.shard_size), ("--batch-size", args.batch_size),
+                        ("--actors", args.actors)):
         if value is not None and value < 1:
             raise UserError(f"{flag} {value} must be >= 1")
     plan = plan_encode(args.images, args.out, codec=args.codec, vae=args.vae, resolution=args.resolution,

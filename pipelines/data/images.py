@@ -27,7 +27,8 @@ def list_image_tree(root) -> tuple[list[str], list[tuple[str, int]]]:
     from ..storage import Location
 
     root = Location.of(root)
-    hint = "pass a folder with one sub-folder per class (ImageNet's train layout), or make one with `imf data embedded --out DIR`"
+    hint = ("pass a folder with one sub-folder per class (ImageNet's train layout), "
+            "or make one with `imf data embedded --out DIR`")
     if not root.exists():
         raise UserError(f"image folder {root} does not exist: {hint}")
     if not root.is_dir():

@@ -61,7 +61,8 @@ def moments_array(mean: np.ndarray, std: np.ndarray) -> pa.FixedSizeListArray:
 
 
 def shard_table(index, label, moments, moments_flip=None, meta: dict | None = None) -> pa.Table:
-    columns = {"index": pa.array(np.asarray(index, dtype=np.int64)), "label": pa.array(np.asarray(label, dtype=np.int32)),
+    columns = {"index": pa.array(np.asarray(index, dtype=np.int64)),
+               "label": pa.array(np.asarray(label, dtype=np.int32)),
                "moments": moments}
     if moments_flip is not None:
         columns["moments_flip"] = moments_flip
@@ -91,7 +92,8 @@ def read_manifest(latent_dir) -> dict:
     """manifest.json of a finished encode; a UserError naming the folder and the fix otherwise."""
     latent_dir = Location.of(latent_dir)
     if not latent_dir.is_dir():
-        raise UserError(f"latent folder {latent_dir} does not exist: run `imf encode --images DIR --out {latent_dir}` first")
+        raise UserError(f"latent folder {latent_dir} does not exist: "
+                        f"run `imf encode --images DIR --out {latent_dir}` first")
     path = latent_dir / MANIFEST
     if not path.is_file():
         if (latent_dir / PLAN).is_file():
@@ -110,7 +112,8 @@ def read_manifest(latent_dir) -> dict:
     if "counts" not in missing and not (isinstance(counts, dict) and isinstance(counts.get("encoded"), int)):
         missing.add("counts.encoded")
     if missing:
-        raise UserError(f"{path} lacks {sorted(missing)}: it was not written by this version of `imf encode`; re-encode")
+        raise UserError(f"{path} lacks {sorted(missing)}: "
+                        "it was not written by this version of `imf encode`; re-encode")
     return manifest
 
 

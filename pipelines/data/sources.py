@@ -103,7 +103,8 @@ def _tar_members(name: str, where: Location) -> list[tuple[str, dict]]:
                 if ext == "cls":
                     entry["label"] = tar.extractfile(member).read()
     except (tarfile.TarError, OSError) as err:
-        raise UserError(f"{where}: not a readable tar file ({err}): replace the shard, or remove it from --images") from None
+        raise UserError(f"{where}: not a readable tar file ({err}): "
+                        "replace the shard, or remove it from --images") from None
     return list(samples.items())
 
 
@@ -122,7 +123,8 @@ def _list_tars(found) -> Listing:
                 files.append((f"{name}/{posixpath.basename(member.name)}", label))
                 where.append((member.offset_data, member.size))
     if not files:
-        raise UserError(f"the tar shards ({found[0][1]}, ...) hold no samples: WebDataset shards hold KEY.jpg and KEY.cls")
+        raise UserError(f"the tar shards ({found[0][1]}, ...) hold no samples: "
+                        "WebDataset shards hold KEY.jpg and KEY.cls")
     return Listing("webdataset", [str(c) for c in range(top + 1)], files, where)
 
 
@@ -139,7 +141,8 @@ def parquet_file(location: Location):
     try:
         return pq.ParquetFile(location.open_input())
     except (OSError, ValueError) as err:
-        raise UserError(f"{location}: not a readable Parquet file ({err}): replace it, or remove it from --images") from None
+        raise UserError(f"{location}: not a readable Parquet file ({err}): "
+                        "replace it, or remove it from --images") from None
 
 
 def _columns(location: Location, schema, image_column, label_column) -> tuple[str, str]:
@@ -151,7 +154,8 @@ def _columns(location: Location, schema, image_column, label_column) -> tuple[st
 
     names = schema.names
     image = image_column or next((n for n in names if is_image(schema.field(n).type)), None)
-    label = label_column or next((n for n in LABEL_COLUMNS if n in names and pa.types.is_integer(schema.field(n).type)), None)
+    label = label_column or next((n for n in LABEL_COLUMNS
+                                  if n in names and pa.types.is_integer(schema.field(n).type)), None)
     for flag, column in (("--image-column", image), ("--label-column", label)):
         if column is None or column not in names:
             raise UserError(f"{location}: no {'image bytes' if flag == '--image-column' else 'integer label'} column "
@@ -246,7 +250,8 @@ def _read_parquet(source: dict, refs, where):
 
 
 def decode_shard(source: dict, refs, where, indices, labels, resolution: int) -> dict:
-    """Read, decode and crop one shard's images. -> index, label, pixels uint8 (N, R, R, 3), rejects [{path, reason}]."""
+    """Read, decode and crop one shard's images. -> index, label, pixels uint8 (N, R, R, 3),
+    rejects [{path, reason}]."""
     readers = {"folders": _read_folder, "webdataset": _read_tar, "parquet": _read_parquet}
     blobs = readers[source["format"]](source, refs, where)
     pixels, kept, rejects = [], [], []

@@ -18,10 +18,17 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..storage import Location
-from .image_sets import sample_grid, scan_images, samples_manifest
+from .image_sets import sample_grid, samples_manifest, scan_images
 from .inception import WEIGHTS_ENV, inception_extractor
-from .scoring import (INCEPTION_METRICS, PIXEL_METRICS, Reference, build_reference, choose_metrics, compute_metrics,
-                      unless_unlabelled)
+from .scoring import (
+    INCEPTION_METRICS,
+    PIXEL_METRICS,
+    Reference,
+    build_reference,
+    choose_metrics,
+    compute_metrics,
+    unless_unlabelled,
+)
 
 
 @dataclass
@@ -43,7 +50,8 @@ class EvaluateSpec:
 def score_samples(spec: EvaluateSpec) -> dict:
     if spec.k < 1 or spec.batch_size < 1:
         raise UserError(f"--k {spec.k} and --batch-size {spec.batch_size} must be >= 1")
-    unknown = [m for m in spec.metrics.split(",") if spec.metrics != "auto" and m not in INCEPTION_METRICS + PIXEL_METRICS]
+    unknown = [m for m in spec.metrics.split(",")
+               if spec.metrics != "auto" and m not in INCEPTION_METRICS + PIXEL_METRICS]
     if unknown:
         raise UserError(f"--metrics: unknown {', '.join(map(repr, unknown))}; choose auto or some of "
                         f"{','.join(INCEPTION_METRICS + PIXEL_METRICS)}")

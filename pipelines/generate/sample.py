@@ -154,7 +154,8 @@ def read_parts(out, num_shards):
         raw = b"".join(table.column("pixels").to_pylist())
         images = np.frombuffer(raw, dtype=np.uint8).reshape(-1, *shape)
     else:
-        images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in table.column("png").to_pylist()])
+        images = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB"))
+                           for b in table.column("png").to_pylist()])
     return table.column("index").to_numpy(), table.column("label").to_numpy(), images
 
 

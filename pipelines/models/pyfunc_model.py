@@ -2,7 +2,8 @@
 
     import mlflow, pandas as pd
     gen = mlflow.pyfunc.load_model("models:/NAME@champion")
-    images = gen.predict(pd.DataFrame({"class": [1, 7, 3], "seed": [0, 0, 0], "index": [0, 1, 2]}))  # uint8 (N, H, W, 3)
+    images = gen.predict(
+        pd.DataFrame({"class": [1, 7, 3], "seed": [0, 0, 0], "index": [0, 1, 2]}))  # uint8 (N, H, W, 3)
 
 Columns: class (required), seed and index (image `index` of the request `seed`: the same noise, hence
 the same image, as image `index` of `imf sample --seed SEED`; default seed 0, index the row number),

@@ -64,9 +64,9 @@ def register_folder(folder, name: str, tracking_uri: str | None, run_id: str | N
     return client.get_model_version(name, version)
 
 
-def register_checkpoint(checkpoint, name, tracking_uri, manifest: dict | None = None, run_id=None, aliases=("challenger",),
-                        metrics: dict | None = None, config: dict | None = None, guidance: dict | None = None,
-                        source: str | None = None):
+def register_checkpoint(checkpoint, name, tracking_uri, manifest: dict | None = None, run_id=None,
+                        aliases=("challenger",), metrics: dict | None = None, config: dict | None = None,
+                        guidance: dict | None = None, source: str | None = None):
     """Register a training checkpoint's EMA network under `name` (used by train and tune); `source`: where the
     checkpoint lives when `checkpoint` is a local copy of it."""
     with tempfile.TemporaryDirectory(prefix="imf_model_") as tmp:

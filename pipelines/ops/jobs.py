@@ -204,7 +204,8 @@ def run_jobs(args) -> int:
         jobs = sorted(client.list_jobs(), key=lambda j: j.start_time or 0)
         print(f"{'SUBMISSION ID':<36} {'STATUS':<10} {'STARTED':<19} COMMAND")
         for job in jobs:
-            started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000)) if job.start_time else "-"
+            started = (time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(job.start_time / 1000))
+                       if job.start_time else "-")
             command = (job.metadata or {}).get("imf_argv") or job.entrypoint
             print(f"{job.submission_id or job.job_id:<36} {str(job.status):<10} {started:<19} {command}")
         return 0

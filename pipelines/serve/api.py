@@ -24,7 +24,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from .responses import MEDIA_TYPES, encode, headers
-from .schema import request_model, refusal
+from .schema import refusal, request_model
 
 logger = logging.getLogger("ray.serve")
 PAGE = Path(__file__).parent / "page"

@@ -53,7 +53,7 @@ def make_images(batch: list[Rows]) -> list[dict]:
     for (_, steps), members in groups.items():
         part = [batch[k] for k in members]
 
-        def column(get, dtype=None):
+        def column(get, dtype=None, part=part):
             values = [v for rows in part for v in get(rows)]
             return values if dtype is None else np.asarray(values, dtype)
 

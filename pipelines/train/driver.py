@@ -12,9 +12,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .. import hooks
 from ..config import TrainConfig, apply_overrides, check_workers, config_from_dict, load_config
 from ..data.shards import latent_dataset, read_manifest
-from .. import hooks
 from ..errors import UserError
 from ..runtime import probe_cluster
 from ..storage import Location
@@ -166,7 +166,8 @@ def ordered_ingest():
 
     from ray.train import DataConfig
 
-    with warnings.catch_warnings():  # Ray's copy of its own defaults warns of a field it sets itself (exclude_resources)
+    # Ray's copy of its own defaults warns of a field it sets itself (exclude_resources)
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         options = DataConfig.default_ingest_options()
     options.preserve_order = True
@@ -324,7 +325,8 @@ def finish(tracker, result, tracking_uri, run_name, storage, nonfinite=None) -> 
               "Lower optim.lr, add optim.grad_clip, or check the data.")
         return 3
     tracker.terminate("FINISHED")
-    print(f"run {run_name}: {storage}/{run_name}\nlatest checkpoint: {latest}\nMLflow run {tracker.run_id} in {tracking_uri}")
+    print(f"run {run_name}: {storage}/{run_name}\nlatest checkpoint: {latest}\n"
+          f"MLflow run {tracker.run_id} in {tracking_uri}")
     if tracking_uri.startswith("sqlite:"):
         print(f"open the MLflow UI with:  mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1")
     return 0

@@ -62,7 +62,8 @@ class SampleGrids:
             return []
         classes = min(self.manifest["num_classes"], cfg.max_classes)
         labels = torch.arange(classes).repeat_interleave(cfg.per_class)
-        noise = torch.randn((len(labels), *self.manifest["latent_shape"]), generator=torch.Generator().manual_seed(cfg.seed))
+        noise = torch.randn((len(labels), *self.manifest["latent_shape"]),
+                            generator=torch.Generator().manual_seed(cfg.seed))
         paths = []
         for omega in cfg.omegas:
             images = self.sampler.images(noise, labels, omega, cfg.t_min, cfg.t_max)
@@ -92,7 +93,8 @@ class QuickEval:
         self.state, self.reference = state, reference
         self.labels = torch.tensor(np.asarray(labels), dtype=torch.long)  # a copy: labels may be read-only
         self.sampler = EMASampler(state, manifest)
-        self.noise = torch.randn((len(labels), *manifest["latent_shape"]), generator=torch.Generator().manual_seed(seed))
+        self.noise = torch.randn((len(labels), *manifest["latent_shape"]),
+                                 generator=torch.Generator().manual_seed(seed))
 
     def __call__(self) -> dict:
         cfg = self.state.cfg.sampling

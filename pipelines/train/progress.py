@@ -27,6 +27,7 @@ class ProgressLine:
 
     def print(self, step: int, metrics: dict, stats: dict):
         quick = f"  quick_fd {metrics['quick_fd']:.4f}" if "quick_fd" in metrics else ""
-        curves = (f"mse_u {metrics['mse_u']:.4f}  mse_v {metrics['mse_v']:.4f}  loss(weighted) {metrics['weighted_loss']:.4f}  "
+        curves = (f"mse_u {metrics['mse_u']:.4f}  mse_v {metrics['mse_v']:.4f}  "
+                  f"loss(weighted) {metrics['weighted_loss']:.4f}  "
                   f"lr {metrics['lr']:.2e}  img/s {stats['img_per_s']:.1f}  mem {stats['peak_mem_gb']:.2f} GB{quick}")
         self.progress.update(step, curves, force=True)

@@ -24,8 +24,15 @@ import torch
 import torch.distributed as dist
 from safetensors.torch import load_file
 
-from imf_core import (EMA, FastIMFObjective, FlowMatchingObjective, IMFObjective, MeanFlowObjective, build_model,
-                      save_model)
+from imf_core import (
+    EMA,
+    FastIMFObjective,
+    FlowMatchingObjective,
+    IMFObjective,
+    MeanFlowObjective,
+    build_model,
+    save_model,
+)
 from imf_core.checkpoint import load_strict, save_tensors
 
 from ..config import TrainConfig

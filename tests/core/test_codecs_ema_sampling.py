@@ -60,7 +60,8 @@ def test_pixel_codec_is_the_identity_on_minus_one_one():
     mean, std = codec.encode(x)
     assert torch.equal(mean, x) and torch.count_nonzero(std) == 0
     assert torch.equal(codec.decode(posterior_sample(mean, std)), x)
-    assert torch.equal(to_uint8(torch.tensor([-1.0, 0.0, 1.0, 2.0])), torch.tensor([0, 128, 255, 255], dtype=torch.uint8))
+    assert torch.equal(to_uint8(torch.tensor([-1.0, 0.0, 1.0, 2.0])),
+                       torch.tensor([0, 128, 255, 255], dtype=torch.uint8))
 
 
 def test_ema_tracks_its_analytic_value():

@@ -84,7 +84,8 @@ def test_every_objective_takes_finite_difference_tangents(objective):
                                         draws)
     for name in ("loss", "mse_u", "mse_v"):
         torch.testing.assert_close(getattr(got, name), getattr(ref, name), rtol=1e-9, atol=0)
-    assert len(got_grads) == len(ref_grads) and max(rel(a, b) for a, b in zip(got_grads, ref_grads) if b.norm() > 0) < 1e-8
+    assert len(got_grads) == len(ref_grads) and max(rel(a, b) for a, b in zip(got_grads, ref_grads)
+                                                    if b.norm() > 0) < 1e-8
 
 
 class AtenOps(TorchDispatchMode):

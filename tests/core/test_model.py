@@ -122,8 +122,9 @@ def test_fused_and_forward_ad_attention_paths_agree(micro_net):
 
 def test_branches_compose_to_the_full_forward(micro_net):
     x = torch.randn(2, 4, 8, 8, dtype=torch.float64)
-    args = (torch.rand(2, dtype=torch.float64), torch.rand(2, dtype=torch.float64), torch.full((2,), 2.0, dtype=torch.float64),
-            torch.zeros(2, dtype=torch.float64), torch.ones(2, dtype=torch.float64), torch.tensor([1, 10]))
+    args = (torch.rand(2, dtype=torch.float64), torch.rand(2, dtype=torch.float64),
+            torch.full((2,), 2.0, dtype=torch.float64), torch.zeros(2, dtype=torch.float64),
+            torch.ones(2, dtype=torch.float64), torch.tensor([1, 10]))
     u, v = micro_net(x, *args)
     torch.testing.assert_close(micro_net.forward_u(x, *args), u)
     torch.testing.assert_close(micro_net.forward_v(x, *args), v)

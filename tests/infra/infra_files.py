@@ -2,11 +2,10 @@
 
 import contextlib
 import io
-import re
 import shlex
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 

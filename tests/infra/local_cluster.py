@@ -17,8 +17,8 @@ import time
 import urllib.request
 from pathlib import Path
 
-import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 import psutil
+import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")
 # Every port a head opens that has a fixed default: another Ray on this machine may hold the defaults.

@@ -34,7 +34,8 @@ def test_image_installs_the_locked_versions_and_the_package_with_pyprojects_ray_
             sources = [a for a in arguments.split()[:-1] if not a.startswith("--")]
             assert all((REPO / s).exists() for s in sources), f"COPY {arguments}: a source is missing"
     assert [a for i, a in steps if i == "USER"][-1] not in ("root", "0")
-    assert docker_args(MLFLOW / "Dockerfile")["MLFLOW_VERSION"] == locked_version("mlflow")  # the server is the client's
+    # the tracking server runs the clients' MLflow
+    assert docker_args(MLFLOW / "Dockerfile")["MLFLOW_VERSION"] == locked_version("mlflow")
 
 
 def compose():

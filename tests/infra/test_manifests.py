@@ -4,8 +4,17 @@ repository files they name."""
 
 import pytest
 
-from tests.infra.infra_files import (INFRA, documented_commands, imf_argv, parse_error, project_version,
-                                     locked_version, rayjobs, repo_file_problems, yaml_docs)
+from tests.infra.infra_files import (
+    INFRA,
+    documented_commands,
+    imf_argv,
+    locked_version,
+    parse_error,
+    project_version,
+    rayjobs,
+    repo_file_problems,
+    yaml_docs,
+)
 
 STEPS = ("encode", "train", "tune", "register", "sample", "evaluate")
 IMAGE = f"REGISTRY/imf:{project_version()}"

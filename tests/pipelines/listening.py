@@ -1,7 +1,6 @@
 """The TCP sockets that a process and everything it started listen on (a local run's driver starts its own
 Ray instance: GCS, raylet, and through the raylet every worker)."""
 
-import ray  # noqa: F401  (puts Ray's bundled psutil on the path)
 import psutil
 
 LOOPBACK = ("127.0.0.1", "::1", "::ffff:127.0.0.1")

@@ -39,7 +39,8 @@ BAD_VALUES = {
     "sampling.t_min": [("1.5", "must be <= 1")],
     "sampling.per_class": [("0", "must be >= 1")],
     "model.name": [("[B/2]", "must be a string"), ("Q/7", "is unknown")],
-    "model.overrides": [("{depth: -3}", "depth"), ("{depth: 2.5}", "whole number"), ("{colour: 1}", "cannot be overridden"),
+    "model.overrides": [("{depth: -3}", "depth"), ("{depth: 2.5}", "whole number"),
+                        ("{colour: 1}", "cannot be overridden"),
                         ("{num_heads: 7}", "cannot be built"), ("x", "must be a mapping")],
 }
 
@@ -88,14 +89,16 @@ def command_cases(p: dict):
     return [
         ("data-unknown-split", ["data", "embedded", "--out", out, "--split", "val"], "invalid choice"),
         ("data-unknown-action", ["data", "mnist", "--out", out], "invalid choice"),
-        ("encode-missing-images", ["encode", "--images", p["missing"], "--out", out, "--codec", "pixels"], "does not exist"),
+        ("encode-missing-images", ["encode", "--images", p["missing"], "--out", out, "--codec", "pixels"],
+         "does not exist"),
         ("encode-empty-images", ["encode", "--images", p["empty"], "--out", out, "--codec", "pixels"], "class"),
         ("encode-images-is-a-file", ["encode", "--images", p["file"], "--out", out, "--codec", "pixels"], p["file"]),
         ("encode-resolution-0", ["encode", "--images", p["images"], "--out", out, "--codec", "pixels",
                                  "--resolution", "0"], "--resolution"),
         ("encode-resolution-negative", ["encode", "--images", p["images"], "--out", out, "--codec", "pixels",
                                         "--resolution", "-8"], "--resolution"),
-        ("encode-unknown-codec", ["encode", "--images", p["images"], "--out", out, "--codec", "jpeg"], "invalid choice"),
+        ("encode-unknown-codec", ["encode", "--images", p["images"], "--out", out, "--codec", "jpeg"],
+         "invalid choice"),
         ("encode-actors-0", ["encode", "--images", p["images"], "--out", out, "--codec", "pixels", "--actors", "0"],
          "--actors"),
         ("encode-batch-size-0", ["encode", "--images", p["images"], "--out", out, "--codec", "pixels",

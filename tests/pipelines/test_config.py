@@ -12,10 +12,12 @@ CONFIGS = Path(__file__).resolve().parents[2] / "pipelines" / "configs"
 def test_defaults_are_the_papers_recipe():
     cfg = config_from_dict({})
     assert cfg.model.name == "B/2"
-    assert (cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.weight_decay, cfg.optim.warmup_epochs) == (1e-4, (0.9, 0.95), 0.0, 10.0)
+    assert (cfg.optim.lr, tuple(cfg.optim.betas), cfg.optim.weight_decay, cfg.optim.warmup_epochs) == (
+        1e-4, (0.9, 0.95), 0.0, 10.0)
     assert (cfg.train.batch_size, cfg.train.ema_decays, cfg.optim.grad_clip) == (1024, (0.9999,), None)
     d = cfg.draw_config()
-    assert (d.P_mean, d.P_std, d.ratio_r_neq_t, d.omega_max, d.omega_beta, d.class_dropout) == (-0.4, 1.0, 0.5, 8.0, 1.0, 0.1)
+    assert (d.P_mean, d.P_std, d.ratio_r_neq_t, d.omega_max, d.omega_beta, d.class_dropout) == (
+        -0.4, 1.0, 0.5, 8.0, 1.0, 0.1)
     assert (d.t_min_range, d.t_max_range) == ((0.0, 0.5), (0.5, 1.0))
     assert (cfg.objective.norm_p, cfg.objective.norm_eps, cfg.objective.tangent) == (1.0, 0.01, "aux")
 
@@ -65,7 +67,8 @@ def test_missing_config_file_names_the_path(tmp_path):
         load_config(tmp_path / "nope.yaml")
 
 
-@pytest.mark.parametrize("assignment, key", [("optim.lr=-3", "optim.lr = -3"), ("optim.learning_rate=1", "learning_rate"),
+@pytest.mark.parametrize("assignment, key", [("optim.lr=-3", "optim.lr = -3"),
+                                             ("optim.learning_rate=1", "learning_rate"),
                                              ("draws.omega_max=.nan", "draws.omega_max = nan"),
                                              ("train.batch_size=ten", "train.batch_size = 'ten'")])
 def test_set_overrides_are_refused_as_the_same_value_in_the_file_is(tmp_path, assignment, key):

@@ -91,7 +91,8 @@ def test_sampling_survives_the_loss_of_a_node_with_every_image_once(cluster, tmp
     node = add_node(cluster)
     model, out = model_folder(tmp_path), tmp_path / "samples"
     proc = imf(["sample", "--model", str(model), "--num", "24", "--shard-size", "3", "--actors", "4", "--out",
-                str(out), "--address", head.gcs, "--omega", "2"], IMF_TEST_HOOKS=str(hooks_file(tmp_path / "hooks", sample_slow_s=2)))
+                str(out), "--address", head.gcs, "--omega", "2"],
+               IMF_TEST_HOOKS=str(hooks_file(tmp_path / "hooks", sample_slow_s=2)))
     wait_for(lambda: len(list((out / "parts").glob("shard-*.parquet"))) >= 1, what="a first shard")
     titles = [" ".join(p.cmdline()) for p in node.processes()]
     assert any("ShardGenerator" in t for t in titles), f"no sampling actor on the second node: {titles}"

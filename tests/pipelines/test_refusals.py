@@ -36,7 +36,8 @@ def inputs(tmp_path_factory):
     for folder in folders.values():
         folder.mkdir()
     (folders["latents"] / "manifest.json").write_text(json.dumps(manifest))
-    (folders["no_counts"] / "manifest.json").write_text(json.dumps({k: v for k, v in manifest.items() if k != "counts"}))
+    (folders["no_counts"] / "manifest.json").write_text(
+        json.dumps({k: v for k, v in manifest.items() if k != "counts"}))
     (folders["bad_json"] / "manifest.json").write_text("{")
     (root / "notes.txt").write_text("not an image folder, not a checkpoint\n")
     samples = root / "samples"

@@ -15,8 +15,8 @@ from PIL import Image
 
 from pipelines.cli import main
 from pipelines.data.digits import write_embedded
-from pipelines.data.images import center_crop, load_image, to_rgb
 from pipelines.data.encode import actor_pool, plan_encode, run_encode
+from pipelines.data.images import center_crop, load_image, to_rgb
 from pipelines.data.shards import MANIFEST, METADATA_KEY, read_manifest, shard_metadata
 from tests.pipelines.image_trees import make_tree, sixteen_bit_png, truncated_jpeg
 
@@ -133,7 +133,8 @@ def test_encode_converts_rejects_and_labels_by_sorted_folder(tmp_path, ray_sessi
     modes.mkdir()
     Image.new("L", (16, 16), 77).save(modes / "1_gray.png")
     Image.new("CMYK", (16, 16), (0, 255, 255, 0)).save(modes / "2_cmyk.jpg", quality=95)
-    Image.fromarray(np.dstack([np.full((16, 16, 3), 200, np.uint8), np.zeros((16, 16), np.uint8)])).save(modes / "3_rgba.png")
+    Image.fromarray(np.dstack([np.full((16, 16, 3), 200, np.uint8),
+                               np.zeros((16, 16), np.uint8)])).save(modes / "3_rgba.png")
     palette = Image.new("P", (16, 16), 1)
     palette.putpalette([255, 255, 255, 0, 0, 0] + [0] * 762)
     palette.save(modes / "4_palette.png")
@@ -225,7 +226,8 @@ def test_sd_vae_moments_and_flips_match_the_codec(tmp_path, ray_session, tiny_va
     means = torch.cat(all_means).double()
     np.testing.assert_allclose(manifest["latent_stats"]["mean"], means.mean((0, 2, 3)).numpy(), atol=1e-3)
     np.testing.assert_allclose(manifest["latent_stats"]["std"], means.std((0, 2, 3), correction=0).numpy(), atol=1e-3)
-    assert shard_metadata(tmp_path / "out" / manifest["shards"][1])["codec"]["channel_std"] == manifest["codec"]["channel_std"]
+    assert (shard_metadata(tmp_path / "out" / manifest["shards"][1])["codec"]["channel_std"]
+            == manifest["codec"]["channel_std"])
 
 
 def test_codec_actors_are_sized_from_the_cluster(monkeypatch):

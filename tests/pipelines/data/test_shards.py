@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from pipelines.data.encode import plan_encode, run_encode
+from pipelines.data.shards import MANIFEST, PLAN, TORCH_DTYPES, latent_dataset, read_manifest, to_training_batch
 from pipelines.errors import UserError
-from pipelines.data.shards import (MANIFEST, PLAN, TORCH_DTYPES, latent_dataset, read_manifest, to_training_batch)
 from tests.pipelines.image_trees import make_tree
 
 
@@ -52,7 +52,8 @@ def test_to_training_batch_draws_flips_then_noise_from_the_generator():
     assert not torch.allclose(again, x)  # a fresh posterior sample per use
     plain, _ = to_training_batch(batch, torch.Generator().manual_seed(5), shape, flip=False)
     m = batch["moments"].view(n, 2, *shape)
-    torch.testing.assert_close(plain, m[:, 0] + m[:, 1] * torch.randn((n, *shape), generator=torch.Generator().manual_seed(5)))
+    torch.testing.assert_close(plain, m[:, 0] + m[:, 1] * torch.randn((n, *shape),
+                                                                      generator=torch.Generator().manual_seed(5)))
     with pytest.raises(UserError, match="without --flip"):
         to_training_batch(fake_batch(4, shape, flip=False), torch.Generator(), shape, flip=True)
 

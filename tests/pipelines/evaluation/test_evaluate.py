@@ -17,9 +17,9 @@ from scipy import linalg
 from pipelines import metrics as M
 from pipelines.cli import main
 from pipelines.errors import UserError
-from pipelines.evaluation.scoring import Reference, build_reference, digits_reference, evaluate_images
 from pipelines.evaluation.image_sets import scan_images
 from pipelines.evaluation.inception import WEIGHTS_ENV, WEIGHTS_URL, InceptionFeatures, fidelity_module
+from pipelines.evaluation.scoring import Reference, build_reference, digits_reference, evaluate_images
 
 
 def _not_used(name):

@@ -27,9 +27,10 @@ def test_sample_into_a_bucket_killed_and_rerun_then_evaluate_from_it(s3, ray_ses
     assert cli.main(sample_args(model, whole, "--actors", "1")) == 0
 
     out = f"{bucket}/samples"
+    # AWS_ENDPOINT_URL: the server
     proc = subprocess.Popen([sys.executable, "-m", "pipelines.cli", *sample_args(model, out, "--actors", "1")],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-                            env={**os.environ, "IMF_TEST_HOOKS": str(hooks_file(tmp_path / "hooks", sample_slow_s=3))})  # AWS_ENDPOINT_URL: the server
+                            env={**os.environ, "IMF_TEST_HOOKS": str(hooks_file(tmp_path / "hooks", sample_slow_s=3))})
     deadline = time.time() + 300
     while time.time() < deadline and not any(k.startswith("parts/") for k in s3.keys(out)):
         time.sleep(0.2)

@@ -30,7 +30,8 @@ def test_versions_aliases_and_a_pyfunc_that_makes_the_same_images(tmp_path, stor
     assert sorted(v1.aliases) == ["challenger", "champion"]
     register_checkpoint(fake_checkpoint(tmp_path / "c2", seed=2), "digits", store)
     client = MlflowClient(store)
-    assert {k: str(v) for k, v in client.get_registered_model("digits").aliases.items()} == {"champion": "1", "challenger": "2"}
+    assert {k: str(v) for k, v in client.get_registered_model("digits").aliases.items()} == {
+        "champion": "1", "challenger": "2"}
     assert client.get_model_version("digits", "1").tags["metric.quick_fd"] == "3.5"
     assert version_guidance(resolve_version(client, "digits@champion")) == {
         "omega": 3.0, "t_min": 0.2, "t_max": 0.8, "steps": 1}

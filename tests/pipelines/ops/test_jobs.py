@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from pipelines import cli
-from pipelines.ops import jobs
 from pipelines.errors import UserError
+from pipelines.ops import jobs
 from tests.infra.infra_files import REPO
 from tests.infra.local_cluster import free_port
 
@@ -54,7 +54,8 @@ def test_steps_that_take_address_run_on_the_jobs_cluster():
     assert argv[:3] == ["train", "--address", "auto"]
     given = jobs.step_argv("train", [*TRAIN[1:], "--address", "ray://h:10001", "--tracking-uri", "http://m:5000"])
     assert given == [*TRAIN, "--address", "ray://h:10001", "--tracking-uri", "http://m:5000"]
-    assert jobs.step_argv("data", ["embedded", "--out", "/shared/digits"]) == ["data", "embedded", "--out", "/shared/digits"]
+    assert jobs.step_argv("data", ["embedded", "--out", "/shared/digits"]) == [
+        "data", "embedded", "--out", "/shared/digits"]
 
 
 def test_a_tracked_step_without_a_tracking_server_is_refused():

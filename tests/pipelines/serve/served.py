@@ -34,7 +34,6 @@ def png_pixels(content: bytes) -> np.ndarray:
 def in_process(folder, seed, indices, labels, guidance=GUIDANCE):
     """The same images made in this process with imf_core's Generator (no Ray, no HTTP)."""
     from imf_core import load_generator
-
     from pipelines.data.images import as_rgb_uint8
 
     return as_rgb_uint8(load_generator(folder, "cpu").images(seed, indices, labels, **guidance))

@@ -46,7 +46,8 @@ def test_a_request_gives_the_bytes_of_imf_sample(server, sampled):
     answer = json.loads(body)
     assert status == 200 and answer["model_version"] == f"{NAME}/1" and answer["guidance"] == GUIDANCE
     assert [r["class"] for r in answer["images"]] == [2, 0]
-    assert all(np.array_equal(png_pixels(base64.b64decode(r["png"])), images[k]) for k, r in enumerate(answer["images"]))
+    assert all(np.array_equal(png_pixels(base64.b64decode(r["png"])), images[k])
+               for k, r in enumerate(answer["images"]))
 
     status, _, body = call(server.port, None, method="GET")
     info = json.loads(body)

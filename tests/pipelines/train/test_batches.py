@@ -6,6 +6,7 @@ import torch
 
 from pipelines.data.shards import read_manifest, shard_files
 from pipelines.train.batches import InMemoryRows, StreamedRows, share_bytes
+
 pytestmark = pytest.mark.timeout(600)
 
 

@@ -35,9 +35,9 @@ def start_server(tmp_path, port):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
             return proc, db
-        except OSError:
+        except OSError as err:
             if proc.poll() is not None:
-                raise RuntimeError("mlflow server exited at start")
+                raise RuntimeError("mlflow server exited at start") from err
             time.sleep(0.5)
     stop(proc)
     raise RuntimeError("mlflow server did not answer within 120 s")
