@@ -12,17 +12,19 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 
 # `make test` runs the suite on two pytest-xdist workers: each file is one unit of work, so that its module fixtures
-# run once; files that read the same session fixture form one unit (the docs' walkthrough; the streamed reference
-# run); the longest units go first (per-file times of a serial run), so that neither worker is left with a long one
-# at the end. (xdist's own `xdist_group` marks do nothing under pytest 9: they rewrite a node id that is read-only now.)
+# run once; files that read the same session or package fixture form one unit (the docs' walkthrough; the streamed
+# reference run; the Serve app); the longest units go first (per-file times of a serial run), so that neither worker
+# is left with a long one at the end. (xdist's own `xdist_group` marks do nothing under pytest 9: they rewrite a node
+# id that is read-only now.)
 SHARED = {"tests/test_walkthrough.py": "walkthrough", "tests/tune/test_sweep.py": "walkthrough",
           "tests/pipelines/train/test_train.py": "streamed run",
-          "tests/pipelines/train/test_train_s3.py": "streamed run"}
+          "tests/pipelines/train/test_train_s3.py": "streamed run",
+          "tests/pipelines/serve/test_app.py": "serve", "tests/pipelines/serve/test_clients.py": "serve"}
 LONGEST_FIRST = ["walkthrough", "streamed run", "tests/pipelines/train/test_preemption.py",
                  "tests/pipelines/train/test_quality.py", "tests/pipelines/test_node_loss.py",
                  "tests/pipelines/ops/test_submit_cluster.py", "tests/bench/test_bench_smoke.py",
                  "tests/pipelines/data/test_encode.py", "tests/pipelines/generate/test_sample.py",
-                 "tests/pipelines/serve/test_app.py", "tests/pipelines/data/test_encode_s3.py",
+                 "serve", "tests/pipelines/data/test_encode_s3.py",
                  "tests/pipelines/train/test_batches.py", "tests/pipelines/generate/test_sample_s3.py"]
 
 
