@@ -11,7 +11,8 @@ _pause_s = {}  # per worker process: the pause read when it started
 
 
 def hooks_file(folder, **settings) -> Path:
-    """folder/hooks.json naming this module; settings: sample_slow_s (seconds before each shard after the first)."""
+    """folder/hooks.json naming this module; settings: sample_slow_s (seconds before each shard after the first),
+    sample_gate (true: every shard waits for the file `open` in the folder)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "hooks.json"
@@ -42,6 +43,18 @@ def train_worker_finished(settings, worker):
 
 
 def sample_shard(settings, shard):
-    """Leave time to kill an `imf sample` job between its shards."""
+    """shards.jsonl: the shard and the actor's pid, one line per shard begun. Then leave time to kill an `imf sample`
+    job between its shards, or hold every shard until the test opens the gate."""
+    folder = Path(settings["dir"])
+    with open(folder / "shards.jsonl", "a") as f:
+        f.write(json.dumps({"shard": shard, "pid": os.getpid()}) + "\n")
     if shard > 0:
         time.sleep(settings.get("sample_slow_s", 0))
+    deadline = time.time() + 600
+    while settings.get("sample_gate") and not (folder / "open").exists() and time.time() < deadline:
+        time.sleep(0.1)
+
+
+def shards_begun(folder) -> list[dict]:
+    path = Path(folder, "shards.jsonl")
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
