@@ -9,8 +9,8 @@
     ops/         `imf submit` / `imf jobs` (Ray Jobs) and `imf demo`
 
 Shared by every stage, at this level: cli (the command line and its shared flags), config (the
-training config), runtime (Ray start-up), tracking (MLflow), storage (atomic writes), progress
-(progress lines), metrics (the formulas), errors. A stage imports only stages above it in this list
-(data < models < train < generate < evaluation < serve < ops) and the shared modules; `tune` (a package
-beside this one) sits on top. The method itself is `imf_core`, which imports none of this.
+training config), yaml_files (every YAML file read strictly), runtime (Ray start-up), tracking (MLflow),
+storage (atomic writes), progress (progress lines), metrics (the formulas), errors. A stage imports only
+stages above it in this list (data < models < train < generate < evaluation < serve < ops) and the shared
+modules; `tune` (a package beside this one) sits on top. The method itself is `imf_core`, which imports none of this.
 """

@@ -2,12 +2,11 @@
 
 Defaults are the paper's ImageNet-256 recipe (docs/method.md; the paper, arXiv 2512.02012). The config is a
 pydantic model: every key must be known, every value of the right type, finite and in range, and every problem is
-reported at once, naming the key, the value given and what is allowed. YAML is read with YAML 1.2's
-numbers, so `1e-4` and `3e5` are numbers (PyYAML alone reads them as strings).
+reported at once, naming the key, the value given and what is allowed, and blaming the `--set` that gave the value
+when one did. YAML is read strictly (yaml_files.py): YAML 1.2's numbers, no key twice.
 """
 
 import math
-import re
 from dataclasses import fields as dataclass_fields
 from pathlib import Path
 from typing import Any, Literal
@@ -20,6 +19,7 @@ from imf_core.draws import DrawConfig
 from imf_core.finite_difference import DEFAULT_STEP
 
 from .errors import UserError
+from .yaml_files import read_yaml, read_yaml_file, yaml_problem
 
 # IMFDiT arguments a config may override; input size, channels and classes come from the data, the
 # v-branch from the objective.
@@ -198,20 +198,6 @@ class TrainConfig(BaseModel):
 SECTIONS = {name: field.annotation for name, field in TrainConfig.model_fields.items()}
 
 
-class _Yaml12Loader(yaml.SafeLoader):
-    """PyYAML's safe loader with YAML 1.2's floats: 1e-4, 3E5, .5 are numbers (YAML 1.1 wants 1.0e-4)."""
-
-
-_Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(?:\d[\d_]*\.?\d*(?:[eE][-+]?\d+)?|\.\d+(?:[eE][-+]?\d+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"),
-    list("-+0123456789."))
-
-
-def read_yaml(text: str):
-    return yaml.load(text, Loader=_Yaml12Loader)  # noqa: S506 - a SafeLoader subclass
-
-
 PHRASES = {  # pydantic's error types, said the way the rest of the errors here say things
     "greater_than": "must be > {gt}", "greater_than_equal": "must be >= {ge}", "less_than": "must be < {lt}",
     "less_than_equal": "must be <= {le}", "finite_number": "must be a finite number (not NaN or infinity)",
@@ -235,39 +221,88 @@ def _describe(error: dict) -> str:
     return f"{key} = {given!r} {phrase}"
 
 
-def problems_of(error: ValidationError) -> list[str]:
-    """One line per problem; unknown keys grouped per section with the known ones listed."""
-    lines, unknown = [], {}
+def problems_of(error: ValidationError, source=lambda loc: None) -> list[tuple[str | None, str]]:
+    """(source, line) per problem, `source(loc)` naming what gave the value at `loc` (None: the file or dict);
+    unknown keys grouped per section and source, with the known ones listed."""
+    problems, unknown = [], {}
     errors = error.errors()
     locs = [tuple(e["loc"]) for e in errors]
-    for e in errors:
-        loc = tuple(e["loc"])
+    for e, loc in zip(errors, locs):
         if any(len(other) > len(loc) and other[:len(loc)] == loc for other in locs):
             continue  # a container's error that only repeats the one of its item
         if e["type"] == "extra_forbidden":
-            unknown.setdefault(tuple(e["loc"][:-1]), []).append(str(e["loc"][-1]))
+            unknown.setdefault((loc[:-1], source(loc)), []).append(str(loc[-1]))
         else:
-            lines.append(_describe(e))
-    for section, keys in unknown.items():
-        if not section:
-            lines.append(f"unknown section(s) {', '.join(keys)} (known: {', '.join(SECTIONS)})")
-        else:
-            known = SECTIONS[section[0]].model_fields if section[0] in SECTIONS else {}
-            lines.append(f"{'.'.join(section)}: unknown key(s) {', '.join(keys)} (known: {', '.join(known)})")
-    return lines
+            problems.append((source(loc), _describe(e)))
+    return problems + [(given_by, _unknown_keys(section, keys)) for (section, given_by), keys in unknown.items()]
 
 
-def config_from_dict(raw: dict | None) -> TrainConfig:
+def _unknown_keys(section: tuple, keys: list) -> str:
+    if not section:
+        return f"unknown section(s) {', '.join(keys)} (known: {', '.join(SECTIONS)})"
+    known = SECTIONS[section[0]].model_fields if section[0] in SECTIONS else {}
+    return f"{'.'.join(section)}: unknown key(s) {', '.join(keys)} (known: {', '.join(known)})"
+
+
+def _refusal(problems: list[tuple[str | None, str]]) -> str:
+    """The message for every problem: under its source when all share one, else each line prefixed by its own."""
+    sources = {given_by for given_by, _ in problems}
+    if len(sources) == 1:
+        head = f"{next(iter(sources))}: " if None not in sources else ""
+        return f"{head}invalid training config:\n  - " + "\n  - ".join(line for _, line in problems)
+    return "invalid training config:\n  - " + "\n  - ".join(
+        f"{given_by}: {line}" if given_by else line for given_by, line in problems)
+
+
+def config_from_dict(raw: dict | None, assignments=(), where: str | None = None) -> TrainConfig:
+    """The validated config of `raw`, into which `assignments` (--set) were applied: a problem with a value they
+    gave blames their flag, any other `where` (the file)."""
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UserError(f"invalid training config: it must be a mapping of sections ({', '.join(SECTIONS)}), "
-                        f"got {type(raw).__name__} {str(raw)[:60]!r}")
+        raise UserError(f"{where + ': ' if where else ''}invalid training config: it must be a mapping of sections "
+                        f"({', '.join(SECTIONS)}), got {type(raw).__name__} {str(raw)[:60]!r}")
     raw = {k: ({} if v is None else v) for k, v in raw.items()}  # `train:` with nothing under it
     try:
         return TrainConfig.model_validate(raw)
     except ValidationError as err:
-        raise UserError("invalid training config:\n  - " + "\n  - ".join(problems_of(err))) from None
+        raise UserError(_refusal(problems_of(err, _blamer(assignments, where)))) from None
+
+
+class Assignment(str):
+    """A `SECTION.KEY=VALUE` override and the flag a refusal blames for it: `--set ...`, unless another flag stands
+    for it (`imf train --model Z/9` for model.name=Z/9)."""
+
+    def __new__(cls, text: str, flag: str | None = None):
+        assignment = super().__new__(cls, text)
+        assignment.flag = flag or f"--set {text}"
+        return assignment
+
+
+def flag_of(assignment: str) -> str:
+    return getattr(assignment, "flag", f"--set {assignment}")
+
+
+def _key_path(assignment: str) -> tuple:
+    key, sep, _ = assignment.partition("=")
+    path = tuple(part.strip() for part in key.split("."))
+    if not sep or len(path) < 2 or not all(path):
+        raise UserError(f"{flag_of(assignment)}: write SECTION.KEY=VALUE, e.g. --set optim.lr=3e-4 or "
+                        f"--set model.overrides.depth=6 (sections: {', '.join(SECTIONS)})")
+    return path
+
+
+def _blamer(assignments, where: str | None):
+    """loc -> the flag of the last assignment whose key holds `loc` or lies inside it, else `where`."""
+    keys = [(_key_path(a), flag_of(a)) for a in assignments or ()]
+
+    def source(loc: tuple):
+        for path, flag in reversed(keys):
+            if loc and (loc[:len(path)] == path or path[:len(loc)] == loc):
+                return flag
+        return where
+
+    return source
 
 
 def apply_overrides(raw: dict, assignments) -> dict:
@@ -275,16 +310,12 @@ def apply_overrides(raw: dict, assignments) -> dict:
     longer path reaches into a mapping, e.g. `model.overrides.patch_size=4`."""
     raw = dict(raw or {})
     for text in assignments or ():
-        key, sep, value = text.partition("=")
-        path = [part.strip() for part in key.split(".")]
-        if not sep or len(path) < 2 or not all(path):
-            raise UserError(f"--set {text!r}: write SECTION.KEY=VALUE, e.g. --set optim.lr=3e-4 or "
-                            f"--set model.overrides.depth=6 (sections: {', '.join(SECTIONS)})")
+        path, value = _key_path(text), text.partition("=")[2]
         try:
             parsed = read_yaml(value) if value.strip() else None
         except yaml.YAMLError as err:
-            raise UserError(f"--set {text!r}: the value is not valid YAML ({err})") from None
-        raw[path[0]] = _assigned(raw.get(path[0]), path[1:], parsed)
+            raise UserError(f"{flag_of(text)}: the value is not valid YAML ({yaml_problem(err)})") from None
+        raw[path[0]] = _assigned(raw.get(path[0]), list(path[1:]), parsed)
     return raw
 
 
@@ -312,19 +343,18 @@ def config_path(name) -> Path:
 
 def load_config(path, overrides=()) -> TrainConfig:
     """The YAML file at `path` (or a shipped config's name) with `--set` overrides applied, validated; a
-    UserError naming every problem."""
+    UserError naming every problem and, for each, the file or the --set that gave the value."""
     path = config_path(path)
-    try:
-        raw = read_yaml(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"config file {path} is not valid YAML: {err}") from err
+    raw = read_yaml_file(path, "config file", mapping_of=f"sections ({', '.join(SECTIONS)})")
     if raw is None:
         raise UserError(f"config file {path} is empty: a training config names at least its model "
                         "(start from pipelines/configs/demo.yaml or imf_b2.yaml)")
-    try:
-        return config_from_dict(apply_overrides(raw, overrides) if isinstance(raw, dict) else raw)
-    except UserError as err:
-        raise UserError(f"{path}: {err}") from None
+    return config_from_dict(apply_overrides(raw, overrides), overrides, where=str(path))
+
+
+def patch_size(cfg: TrainConfig) -> int:
+    """The side of the patches the config's network cuts its input into: it must divide the latent side."""
+    return int(cfg.model.overrides.get("patch_size", SIZES[cfg.model.name]["patch_size"]))
 
 
 def check_workers(cfg: TrainConfig, workers: int):

@@ -20,10 +20,9 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from pipelines.config import CONFIGS, SECTIONS, apply_overrides, check_workers, config_from_dict, config_path, read_yaml
+from pipelines.config import CONFIGS, SECTIONS, apply_overrides, check_workers, config_from_dict, config_path
 from pipelines.errors import UserError
+from pipelines.yaml_files import read_yaml_file
 
 SPACES = Path(__file__).resolve().parent / "spaces"
 TOP_KEYS = ("description", "base", "overrides", "space")
@@ -42,6 +41,7 @@ class Space:
     description: str
     base: dict  # the raw training config (base file + overrides), before the sweep's own settings
     entries: dict  # dotted key -> {kind: argument}
+    assignments: tuple = ()  # the --set overrides applied to `base`: a refusal of their values blames them
 
     def grid_size(self) -> int:
         size = 1
@@ -117,11 +117,8 @@ def resolve_space_path(name) -> Path:
     raise UserError(f"search space {name} not found (give a YAML path, or one of the shipped spaces: {names})")
 
 
-def _read_yaml(path: Path, what: str):
-    try:
-        return read_yaml(path.read_text())
-    except yaml.YAMLError as err:
-        raise UserError(f"{what} {path} is not valid YAML: {err}") from err
+def _read_config(path: Path, what: str) -> dict:
+    return read_yaml_file(path, what, mapping_of=f"sections ({', '.join(SECTIONS)})") or {}
 
 
 def _base_config(value, space_path: Path) -> dict:
@@ -129,7 +126,7 @@ def _base_config(value, space_path: Path) -> dict:
         return {}
     for candidate in (space_path.parent / str(value), Path(str(value)), CONFIGS / str(value)):
         if candidate.is_file():
-            return _read_yaml(candidate, "base config") or {}
+            return _read_config(candidate, "base config")
     raise UserError(f"{space_path}: base config {value!r} not found (a path relative to the space file, "
                     f"or one of {', '.join(sorted(p.name for p in CONFIGS.glob('*.yaml')))})")
 
@@ -138,9 +135,10 @@ def load_space(name, config=None, overrides=()) -> Space:
     """Read a space file; `config` (a train config path) replaces its `base`, `overrides` (--set) apply on top.
     Checks the file's shape only: call `check` once the sweep's own settings are known."""
     path = resolve_space_path(name)
-    raw = _read_yaml(path, "search space")
-    if not isinstance(raw, dict):
-        raise UserError(f"search space {path} must be a mapping with keys {', '.join(TOP_KEYS)}")
+    raw = read_yaml_file(path, "search space", mapping_of=f"keys {', '.join(TOP_KEYS)}")
+    if raw is None:
+        raise UserError(f"search space {path} is empty: it needs a `space:` mapping of dotted config keys to ranges "
+                        "(start from tune/spaces/tiny.yaml)")
     unknown = sorted(set(raw) - set(TOP_KEYS))
     if unknown:
         raise UserError(f"search space {path}: unknown top-level key(s) {', '.join(unknown)} "
@@ -153,11 +151,12 @@ def load_space(name, config=None, overrides=()) -> Space:
     if not isinstance(raw_overrides, dict):
         raise UserError(f"search space {path}: `overrides:` must be a mapping of config sections")
     if config:
-        base = _read_yaml(config_path(config), "config file") or {}
+        base = _read_config(config_path(config), "config file")
     else:
         base = _base_config(raw.get("base"), path)
     base = apply_overrides(merge(base, raw_overrides), overrides)
-    return Space(path=path, name=path.stem, description=str(raw.get("description") or ""), base=base, entries=entries)
+    return Space(path=path, name=path.stem, description=str(raw.get("description") or ""), base=base, entries=entries,
+                 assignments=tuple(overrides or ()))
 
 
 def _kind(spec):
@@ -222,6 +221,7 @@ def check(space: Space, workers: int | None = None, seed: int = 0):
     """Refuse the space, naming every bad key, unless each end of every range, every listed value and
     a few joint draws make a valid training config (divisible by `workers` when given)."""
     where = f"invalid search space {space.path}"
+    config_from_dict(space.base, space.assignments, where=f"search space {space.path} (its base config)")
     base_problem = _config_problem(space.base, workers)
     if base_problem:
         raise UserError(f"{where}: its base config is invalid: {base_problem}")

@@ -164,12 +164,12 @@ def model_folder(ref: str, tracking_uri: str | None, dst=None) -> tuple[Path, ob
 
 def model_artifact(logged: Path, ref: str) -> Path:
     """The imf model folder inside a downloaded pyfunc model, where its MLmodel file says it is."""
-    import yaml
+    from ..yaml_files import read_yaml_file
 
     try:
-        meta = yaml.safe_load((logged / "MLmodel").read_text())
+        meta = read_yaml_file(logged / "MLmodel", "the MLmodel file", mapping_of="MLflow's model fields")
         return logged / meta["flavors"]["python_function"]["artifacts"]["imf_model"]["path"]
-    except (OSError, KeyError, TypeError, yaml.YAMLError) as err:
+    except (UserError, KeyError, TypeError) as err:
         raise UserError(f"{ref} is not an imf model (no imf_model artifact in its MLmodel: {err}); "
                         "register models with `imf models register` or `imf train --register`") from err
 

@@ -71,7 +71,7 @@ def test_missing_config_file_names_the_path(tmp_path):
                                              ("optim.learning_rate=1", "learning_rate"),
                                              ("draws.omega_max=.nan", "draws.omega_max = nan"),
                                              ("train.batch_size=ten", "train.batch_size = 'ten'")])
-def test_set_overrides_are_refused_as_the_same_value_in_the_file_is(tmp_path, assignment, key):
+def test_set_overrides_are_refused_as_the_same_value_in_the_file_is_blaming_the_flag(tmp_path, assignment, key):
     from pipelines.config import apply_overrides, read_yaml
 
     base = CONFIGS / "demo.yaml"
@@ -85,8 +85,9 @@ def test_set_overrides_are_refused_as_the_same_value_in_the_file_is(tmp_path, as
     written.write_text(yaml.safe_dump(raw))
     with pytest.raises(UserError) as in_file:
         load_config(written)
-    strip = lambda err, path: str(err.value).replace(str(path), "CONFIG")  # noqa: E731
-    assert key in str(by_flag.value) and strip(by_flag, base) == strip(in_file, written)
+    strip = lambda err, source: str(err.value).replace(str(source), "SOURCE")  # noqa: E731
+    assert key in str(by_flag.value) and strip(by_flag, f"--set {assignment}") == strip(in_file, written)
+    assert str(by_flag.value).startswith(f"--set {assignment}: ") and str(base) not in str(by_flag.value)
     assert apply_overrides({"optim": {"lr": 1}}, ["optim.lr=3e-4"]) == {"optim": {"lr": 3e-4}}
 
 
@@ -167,3 +168,87 @@ def test_the_imagenet_recipes_restate_the_defaults_exactly(name):
             if f"{section}.{key}" not in RECIPE_OWN_KEYS and loaded[section][key] != defaults[section][key]:
                 drift[f"{section}.{key}"] = (loaded[section][key], defaults[section][key])
     assert not drift, f"{name}.yaml states values that differ from the defaults (stated, default): {drift}"
+
+
+@pytest.mark.parametrize("text,key,lines", [
+    ("model:\n  name: Micro/2\ntrain:\n  max_steps: 3\ntrain:\n  seed: 1\n", "'train'", (3, 5)),
+    ("optim:\n  lr: 1e-4\n  betas: [0.9, 0.95]\n  lr: 3e-4\n", "'lr'", (2, 4)),
+    ("model:\n  name: Tiny/2\n  overrides: {depth: 2,\n              depth: 3}\n", "'depth'", (3, 4)),
+])
+def test_a_key_given_twice_is_refused_naming_it_and_both_lines(tmp_path, text, key, lines):
+    path = tmp_path / "twice.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert str(path) in message and f"the key {key} is given twice, on lines {lines[0]} and {lines[1]}" in message
+    assert "keep one of them" in message
+
+
+def test_merge_keys_may_be_overridden_and_are_not_duplicates():
+    from pipelines.config import read_yaml
+
+    assert read_yaml("a: &a {x: 1, y: 2}\nb:\n  <<: *a\n  x: 3\n")["b"] == {"x": 3, "y": 2}
+
+
+def _model_artifact(path):
+    from pipelines.models.registry import model_artifact
+
+    return model_artifact(path.parent, "models:/digits@champion")
+
+
+def _space(path):
+    from tune.space import load_space
+
+    return load_space(path)
+
+
+def _base_of_a_space(path):
+    from tune.space import load_space
+
+    space = path.parent / "space.yaml"
+    space.write_text(f"base: {path.name}\nspace:\n  draws.omega_max: {{uniform: [2, 8]}}\n")
+    return load_space(space)
+
+
+READERS = {"config": ("c.yaml", load_config), "search space": ("s.yaml", _space),
+           "base config of a space": ("base.yaml", _base_of_a_space), "MLmodel": ("MLmodel", _model_artifact)}
+BAD_YAML = {
+    "key-twice": (b"model:\n  name: Micro/2\nmodel:\n  name: Tiny/2\n", "given twice, on lines 1 and 3"),
+    "too-deep": (b"model: " + b"[" * 5000 + b"]" * 5000 + b"\n", "nested more than 50 levels deep"),
+    "not-utf8": (b"model:\n  name: Micro/2\n# caf\xe9\n", "is not UTF-8 text (byte 0xe9 on line 3): save it as UTF-8"),
+    "not-a-mapping": (b"- model\n- train\n", "must be a mapping of"),
+    "control-character": (b"model: \x07\n", "U+0007"),
+}
+
+
+@pytest.mark.parametrize("reader", READERS)
+@pytest.mark.parametrize("case", BAD_YAML)
+def test_every_yaml_the_product_reads_refuses_what_the_parser_cannot_take(tmp_path, reader, case):
+    (content, needle), (name, read) = BAD_YAML[case], READERS[reader]
+    path = tmp_path / name
+    path.write_bytes(content)
+    with pytest.raises(UserError) as err:
+        read(path)
+    message = str(err.value)
+    assert needle in message and str(path) in message, message
+    assert len(message) < 400 and "\n" not in message, message
+
+
+def test_each_problem_blames_the_set_or_the_file_that_gave_it(tmp_path):
+    from pipelines.config import Assignment
+
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: Micro/2\ntrain:\n  seed: -1\n")
+    with pytest.raises(UserError) as err:
+        load_config(path, ["optim.lr=abc", "train.batchsize=8", Assignment("model.name=Z/9", "--model Z/9")])
+    lines = str(err.value).splitlines()
+    assert lines[0] == "invalid training config:"
+    assert f"  - {path}: train.seed = -1 must be >= 0" in lines
+    assert "  - --set optim.lr=abc: optim.lr = 'abc' must be a number" in lines
+    assert any(line.startswith("  - --set train.batchsize=8: train: unknown key(s) batchsize") for line in lines)
+    assert any(line.startswith("  - --model Z/9: model.name = 'Z/9' is unknown") for line in lines)
+    with pytest.raises(UserError, match=r"^--set optim.betas=\[0.9,: the value is not valid YAML \(line 1"):
+        load_config(path, ["optim.betas=[0.9,"])
+    with pytest.raises(UserError, match=r"^--set model.overrides=\{depth: 1, depth: 2\}: .*'depth' is given twice"):
+        load_config("demo", ["model.overrides={depth: 1, depth: 2}"])
