@@ -164,9 +164,9 @@ class Location:
         """A writable file that appears at this location whole, or not at all."""
         if self.is_local:
             tmp = Path(self.path).with_name(f".{Path(self.path).name}.tmp-{os.getpid()}")
-            tmp.parent.mkdir(parents=True, exist_ok=True)
+            f = _created(tmp, self.path)
             try:
-                with open(tmp, "wb") as f:
+                with f:
                     yield f
                 os.replace(tmp, self.path)
             finally:
@@ -186,8 +186,13 @@ class Location:
         return self.write_bytes(text.encode())
 
     def check_writable(self, flag: str) -> "Location":
-        """A bucket prefix must lie in a bucket that exists (creating buckets is the user's call)."""
-        if not self.is_local:
+        """Refuse, naming `flag`, what this process cannot write to: a local path below a file or in a folder it may
+        not write into, a bucket prefix in a bucket that does not exist (creating buckets is the user's call)."""
+        if self.is_local:
+            reason = _unwritable(Path(self.path))
+            if reason:
+                raise UserError(f"{flag} {self.uri}: {reason}")
+        else:
             bucket = Location(self.uri.split("://")[0] + "://" + self.path.split("/")[0], self.endpoint, self.fs,
                               self.path.split("/")[0])
             if not bucket.is_dir():
@@ -203,6 +208,32 @@ class Location:
         """Remove this file (no error when absent)."""
         if self.is_file():
             self.fs.delete_file(self.path)
+
+
+def _unwritable(path: Path) -> str | None:
+    """Why this process cannot create `path`, with the fix; None when the nearest folder that exists at or above it
+    is one it may write into."""
+    folder = path if path.is_dir() else path.parent
+    while not folder.exists():
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, so nothing can be written below it: choose another path"
+    if os.access(folder, os.W_OK | os.X_OK):
+        return None
+    if os.statvfs(folder).f_flag & os.ST_RDONLY:
+        return f"{folder} is on a read-only file system: choose a folder on a writable one"
+    return f"this user may not write into {folder}: choose a folder you can write to, or change its permissions"
+
+
+def _created(tmp: Path, final: str):
+    """`tmp` opened for writing, with its folders; a UserError naming `final` when this process cannot create it."""
+    try:
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+        return open(tmp, "wb")
+    except OSError as err:
+        reason = _unwritable(tmp) or f"{err.strerror or err}; choose a location you can write to, or fix its " \
+            "permissions"
+        raise UserError(f"cannot write {final}: {reason}") from None
 
 
 def write_atomic(path, write) -> Path:

@@ -15,11 +15,14 @@ Format and reader: shards.py.
 """
 
 import hashlib
+import itertools
 import json
+import math
+import sys
 import time
 from dataclasses import dataclass, field
 from functools import cached_property
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -98,10 +101,14 @@ def plan_encode(images, out, codec: str = "pixels", vae=None, resolution: int = 
     """Check every input and the output folder, before Ray starts; raises UserError. Writes nothing
     (only removes temporary files of writes that a killed run left in a local `out`)."""
     images, out = Location.of(images), Location.of(out).check_writable("--out")
+    check_apart(images, out)
     if resolution < 1:
         raise UserError(f"--resolution {resolution} must be a positive number of pixels (e.g. 256)")
     listing = list_images(images, format, image_column, label_column)
     model, latent_shape = _codec(codec, vae, resolution, grayscale)
+    warning = resolution_warning(model, resolution)
+    if warning:
+        print(f"imf encode: warning: {warning}", file=sys.stderr, flush=True)
     before = _previous_plan(out)
     shard_size = shard_size or (before or {}).get("shard_size")
     plan = Plan(images, out, listing.class_names, listing.files, model.describe(), resolution, latent_shape, flip,
@@ -118,6 +125,63 @@ def plan_encode(images, out, codec: str = "pixels", vae=None, resolution: int = 
                             f"Choose another --out, or delete {out} to start over")
         plan.existing = _complete_shards(plan)
     return plan
+
+
+def _tree(location: Location) -> tuple[str, PurePosixPath]:
+    """(store, path) of a Location, comparable with another's: local paths resolved through links, bucket paths
+    with their scheme and endpoint."""
+    if location.is_local:
+        return "local", PurePosixPath(Path(location.path).resolve().as_posix())
+    scheme = location.uri.split("://", 1)[0].lower().replace("s3a", "s3")
+    return f"{scheme} {location.endpoint}", PurePosixPath("/" + location.path.strip("/"))
+
+
+def check_apart(images: Location, out: Location):
+    """--out inside --images would put shards, manifest and plan into the image tree, where the next encode reads
+    them as images; --images inside --out would be deleted with it when a changed encode asks to start over."""
+    (images_store, images_path), (out_store, out_path) = _tree(images), _tree(out)
+    if images_store != out_store:
+        return
+    if out_path == images_path:
+        raise UserError(f"--out {out} is the --images folder: the shards, manifest and plan would be written into "
+                        "the image tree; choose an --out outside --images")
+    if out_path.is_relative_to(images_path):
+        raise UserError(f"--out {out} lies inside --images {images}: the shards, manifest and plan would be written "
+                        "into the image tree, and the next encode of it would read them as images; choose an --out "
+                        "outside --images")
+    if images_path.is_relative_to(out_path):
+        raise UserError(f"--images {images} lies inside --out {out}: the encode would write among the images, and "
+                        "deleting --out to start over would delete them; choose an --out that does not hold --images")
+
+
+def resolution_warning(codec, resolution: int) -> str | None:
+    """What a shipped config cannot train on at this resolution (a model's patch size must divide the latent
+    side; the codec itself refuses what it cannot encode), or None."""
+    from ..config import CONFIGS, load_config, patch_size
+
+    side = codec.latent_shape(resolution)[-1]
+    patches = {path.stem: patch_size(load_config(path)) for path in sorted(CONFIGS.glob("*.yaml"))}
+    unfit = {name: patch for name, patch in patches.items() if side % patch}
+    if not unfit:
+        return None
+    which = "no shipped config can" if len(unfit) == len(patches) else f"the shipped {', '.join(unfit)} cannot"
+    by_patch = {patch: [name for name, p in unfit.items() if p == patch] for patch in sorted(set(unfit.values()))}
+    sizes = ", ".join(f"{patch} ({', '.join(names)})" for patch, names in by_patch.items())
+    divisors = ", ".join(str(d) for d in range(1, side + 1) if side % d == 0)
+    better = _fitting_resolution(codec, resolution, math.lcm(*patches.values()))
+    return (f"--resolution {resolution} gives {side}x{side} latents, which {which} train on: their patch size {sizes} "
+            f"does not divide {side}. Encode at --resolution {better}, or train with --set "
+            f"model.overrides.patch_size=P for P in {divisors}")
+
+
+def _fitting_resolution(codec, resolution: int, multiple: int) -> int:
+    """The next resolution above `resolution` that the codec takes and whose latent side `multiple` divides."""
+    for candidate in itertools.count(resolution + 1):
+        try:
+            if codec.latent_shape(candidate)[-1] % multiple == 0:
+                return candidate
+        except ValueError:  # a resolution the codec cannot encode
+            continue
 
 
 def _codec(codec: str, vae, resolution: int, grayscale: bool):

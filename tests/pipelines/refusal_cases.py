@@ -1,6 +1,8 @@
 """The invalid inputs of tests/pipelines/test_refusals.py, generated: training configs (YAML text) and command
 lines of every step. Each case is (id, input, needle): the refusal's message must contain the needle."""
 
+from pathlib import Path
+
 # key -> [(YAML value, needle)]: every kind of wrong value a user writes, per key.
 BAD_VALUES = {
     "optim.lr": [("ten", "must be a number"), ("-1e-4", "must be > 0"), ("0", "must be > 0"),
@@ -44,7 +46,7 @@ BAD_VALUES = {
                         ("{num_heads: 7}", "cannot be built"), ("x", "must be a mapping")],
 }
 
-# Whole files that are wrong as a whole: (id, YAML text, needle).
+# Whole files that are wrong as a whole: (id, YAML text or bytes, needle).
 BAD_FILES = [
     ("empty", "", "is empty"),
     ("only-a-comment", "# nothing yet\n", "is empty"),
@@ -59,6 +61,17 @@ BAD_FILES = [
     ("inverted-ranges", "draws:\n  t_min_range: [0.6, 0.9]\n  t_max_range: [0.1, 0.3]\n", "reaches above t_max_range"),
     ("cfg-interval-inverted", "sampling:\n  t_min: 0.8\n  t_max: 0.2\n", "t_min = 0.8 > t_max = 0.2"),
     ("two-problems-at-once", "optim:\n  lr: 0\ndraws:\n  omega_max: .nan\n", "optim.lr"),
+    ("section-twice", "model:\n  name: Micro/2\ntrain:\n  max_steps: 3\ntrain:\n  seed: 1\n", "on lines 3 and 5"),
+    ("key-twice-in-a-section", "model:\n  name: Micro/2\n  name: Tiny/2\n", "'name' is given twice, on lines 2 and 3"),
+    ("key-twice-in-a-flow-mapping", "model: {name: Micro/2, overrides: {depth: 2, depth: 3}}\n",
+     "'depth' is given twice"),
+    ("nested-too-deep", "model: " + "[" * 3000 + "]" * 3000 + "\n", "nested more than"),
+    ("nested-too-deep-in-blocks", "".join(f"{'  ' * n}k{n}:\n" for n in range(200)), "nested more than"),
+    ("not-utf8", b"model:\n  name: Micro/2 # \xff\xfe\n", "not UTF-8 text (byte 0xff on line 2)"),
+    ("utf16", "model:\n  name: Micro/2\n".encode("utf-16"), "save it as UTF-8"),
+    ("control-character", "model:\n  name: Micro\x00/2\n", "U+0000"),
+    ("unhashable-key", "{[1, 2]: 3}\n", "unhashable key"),
+    ("python-tag", "model: !!python/object:os.system {}\n", "not valid YAML"),
 ]
 
 
@@ -86,6 +99,7 @@ def command_cases(p: dict):
                 "--tracking-uri", store]
     sweep = ["evaluate", "sweep", "--model", model, "--reference", "digits", "--out", out, "--tracking-uri", store]
     serve = ["serve", "--model", model]
+    below_file = f"{p['file']}/out"  # a path that cannot be created: a file stands where a folder must be
     return [
         ("data-unknown-split", ["data", "embedded", "--out", out, "--split", "val"], "invalid choice"),
         ("data-unknown-action", ["data", "mnist", "--out", out], "invalid choice"),
@@ -105,6 +119,17 @@ def command_cases(p: dict):
                                  "--batch-size", "0"], "--batch-size"),
         ("encode-shard-size-0", ["encode", "--images", p["images"], "--out", out, "--codec", "pixels",
                                  "--shard-size", "0"], "--shard-size"),
+        ("encode-out-is-images", ["encode", "--images", p["images"], "--out", p["images"], "--codec", "pixels"],
+         "is the --images folder"),
+        ("encode-out-inside-images", ["encode", "--images", p["images"], "--out", f"{p['images']}/latents", "--codec",
+                                      "pixels"], f"--out {p['images']}/latents lies inside --images"),
+        ("encode-images-inside-out", ["encode", "--images", p["images"], "--out", str(Path(p["images"]).parent),
+                                      "--codec", "pixels"], f"--images {p['images']} lies inside --out"),
+        ("encode-out-below-a-file", ["encode", "--images", p["images"], "--out", f"{below_file}/latents", "--codec",
+                                     "pixels"], f"--out {below_file}/latents: {p['file']} is a file"),
+        ("data-out-below-a-file", ["data", "embedded", "--out", below_file], f"--out {below_file}: {p['file']} is a"),
+        ("sample-out-below-a-file", [*sample[:5], "--out", below_file], f"--out {below_file}: {p['file']} is a file"),
+        ("evaluate-out-below-a-file", [*evaluate[:5], "--out", f"{below_file}/m.json", *evaluate[7:]], p["file"]),
         ("train-missing-data", [*train[:2], p["missing"], *train[3:]], "not found"),
         ("train-not-latents", [*train[:2], p["empty"], *train[3:]], "not an `imf encode` output"),
         ("train-manifest-without-counts", [*train[:2], p["no_counts"], *train[3:]], "counts"),
@@ -116,7 +141,9 @@ def command_cases(p: dict):
         ("train-unknown-model", [*train, "--model", "Z/9"], "unknown"),
         ("train-missing-config", [*train[:4], p["missing"] + ".yaml", *train[5:]], "not found"),
         ("train-set-without-section", [*train, "--set", "lr=1e-4"], "SECTION.KEY=VALUE"),
-        ("train-set-bad-value", [*train, "--set", "optim.lr=abc"], "optim.lr"),
+        ("train-set-bad-value", [*train, "--set", "optim.lr=abc"], "--set optim.lr=abc: invalid training config"),
+        ("train-set-unknown-key", [*train, "--set", "optim.learning_rate=1"], "--set optim.learning_rate=1:"),
+        ("train-set-key-twice", [*train, "--set", "model.overrides={depth: 2, depth: 3}"], "'depth' is given twice"),
         ("train-set-bad-yaml", [*train, "--set", "optim.betas=[0.9,"], "not valid YAML"),
         ("train-resume-unknown", [*train, "--resume", "nope"], "--resume"),
         ("train-workers-not-a-number", [*train, "--workers", "two"], "invalid int value"),
@@ -129,7 +156,7 @@ def command_cases(p: dict):
         ("tune-reduction-factor-1", [*tune, "--reduction-factor", "1"], "--reduction-factor"),
         ("tune-grace-0", [*tune, "--grace", "0"], "--grace"),
         ("tune-bad-space-file", [*tune[:4], p["bad_space"], *tune[5:]], "nonsense"),
-        ("tune-bad-set", [*tune, "--set", "optim.lr=-1"], "optim.lr"),
+        ("tune-bad-set", [*tune, "--set", "optim.lr=-1"], "--set optim.lr=-1: invalid training config"),
         ("models-no-action", ["models", "--tracking-uri", store], "required"),
         ("models-show-unknown", ["models", "--tracking-uri", store, "show", "nope@champion"], "nope"),
         ("models-promote-unknown", ["models", "--tracking-uri", store, "promote", "nope", "1"], "nope"),

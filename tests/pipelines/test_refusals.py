@@ -114,7 +114,7 @@ def test_invalid_training_configs_are_refused_before_ray_starts(inputs, tmp_path
     cases = []
     for n, (case_id, text, needle) in enumerate(config_cases()):
         path = configs / f"case{n:03d}.yaml"
-        path.write_text(text)
+        path.write_bytes(text if isinstance(text, bytes) else text.encode())
         cases.append((case_id, ["train", "--data", inputs["latents"], "--config", str(path), "--storage",
                                 str(work / "out"), "--tracking-uri", f"sqlite:///{work}/out/mlflow.db"], needle))
     assert len(cases) >= 60

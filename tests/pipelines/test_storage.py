@@ -50,3 +50,23 @@ def test_an_fsspec_filesystem():
 def test_an_unknown_scheme_is_one_clear_error():
     with pytest.raises(UserError, match="no filesystem for the scheme nosuch://"):
         Location.of("nosuch://bucket/x")
+
+
+def test_a_local_path_that_cannot_be_written_is_refused_naming_the_flag_and_why(tmp_path, monkeypatch):
+    import os
+
+    (tmp_path / "notes.txt").write_text("a file where a folder would have to be")
+    below_a_file = Location.of(tmp_path / "notes.txt" / "runs")
+    with pytest.raises(UserError, match=f"^--storage {below_a_file}: {tmp_path}/notes.txt is a file, so nothing"):
+        below_a_file.check_writable("--storage")
+    with pytest.raises(UserError, match=f"^cannot write {below_a_file}/m.json: {tmp_path}/notes.txt is a file"):
+        (below_a_file / "m.json").write_text("{}")
+    assert Location.of(tmp_path / "new" / "deeper").check_writable("--out")  # made when written
+    assert not (tmp_path / "new").exists()
+    monkeypatch.setattr(os, "access", lambda path, mode: False)  # as for a user without write permission (root has it)
+    with pytest.raises(UserError, match=f"--out {tmp_path}/new: this user may not write into {tmp_path}: choose a "
+                                        "folder you can write to, or change its permissions"):
+        Location.of(tmp_path / "new").check_writable("--out")
+    monkeypatch.setattr(os, "statvfs", lambda path: type("Stat", (), {"f_flag": os.ST_RDONLY})())
+    with pytest.raises(UserError, match=f"{tmp_path} is on a read-only file system: choose a folder on a writable"):
+        Location.of(tmp_path / "new").check_writable("--out")

@@ -125,6 +125,65 @@ def test_bad_inputs_are_clear_errors_before_any_work(tmp_path, capsys, monkeypat
     assert not out.exists()  # nothing was started or written
 
 
+def tree_files(root: Path) -> list:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*"))
+
+
+@pytest.mark.parametrize("out,needle", [
+    ("images", "--out {root}/images is the --images folder"),
+    ("images/latents", "--out {root}/images/latents lies inside --images {root}/images"),
+    ("images/0/latents", "--out {root}/images/0/latents lies inside --images {root}/images"),
+    ("link/latents", "lies inside --images {root}/images"),  # through a symbolic link to the tree
+    (".", "--images {root}/images lies inside --out {root}"),
+])
+def test_an_out_inside_images_or_holding_them_is_refused_before_anything_is_written(tmp_path, capsys, monkeypatch,
+                                                                                     out, needle):
+    make_tree(tmp_path / "images", per_class=1)
+    (tmp_path / "link").symlink_to(tmp_path / "images")
+    before = tree_files(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["encode", "--images", "images", "--out", out, "--codec", "pixels"]) == 2
+    err = capsys.readouterr().err
+    assert needle.format(root=tmp_path) in err and "choose an --out" in err and "Traceback" not in err
+    assert tree_files(tmp_path) == before  # not a shard, manifest or plan
+
+
+def test_buckets_are_apart_unless_one_prefix_holds_the_other():
+    from pipelines.data.encode import check_apart
+    from pipelines.errors import UserError
+    from pipelines.storage import Location
+
+    def bucket(uri):  # a Location without a filesystem: check_apart compares URIs only
+        return Location(uri, None, None, uri.split("://", 1)[1])
+
+    check_apart(bucket("s3://data/images"), bucket("s3://data/images-latents"))  # a sibling sharing a prefix
+    check_apart(bucket("s3://data/images"), bucket("gs://data/images/latents"))  # another store
+    with pytest.raises(UserError, match="--out s3a://data/images/latents lies inside --images s3://data/images"):
+        check_apart(bucket("s3://data/images"), bucket("s3a://data/images/latents"))
+
+
+def test_resolutions_the_codec_cannot_take_are_refused_and_the_configs_cannot_use_are_warned_about(
+        tmp_path, capsys, tiny_vae):
+    make_tree(tmp_path / "images", per_class=1)
+
+    def encode_plan(*flags):
+        status = main(["encode", "--images", str(tmp_path / "images"), "--out", str(tmp_path / "out"), *flags,
+                       "--address", "ray://127.0.0.1:9"])  # planning passes, then the dead address stops the run
+        return status, capsys.readouterr().err
+
+    status, err = encode_plan("--codec", "sd-vae", "--vae", str(tiny_vae), "--resolution", "15")
+    assert status == 2 and "--resolution 15: resolution 15 is not a multiple of the VAE's downsampling 2" in err
+    status, err = encode_plan("--codec", "pixels", "--resolution", "7")
+    assert "warning: --resolution 7 gives 7x7 latents, which no shipped config can train on" in err
+    assert "patch size 2 (imf_b2, imf_l2, imf_m2, imf_xl2), 4 (demo)" in err and "--resolution 8" in err
+    assert "model.overrides.patch_size=P for P in 1, 7" in err
+    status, err = encode_plan("--codec", "sd-vae", "--vae", str(tiny_vae), "--resolution", "12")
+    assert "12 gives 6x6 latents, which the shipped demo cannot train on" in err and "--resolution 16" in err
+    status, err = encode_plan("--codec", "pixels", "--resolution", "8")
+    assert "warning" not in err
+    assert not (tmp_path / "out").exists()
+
+
 @pytest.mark.timeout(300)
 def test_encode_converts_rejects_and_labels_by_sorted_folder(tmp_path, ray_session, capsys):
     images = tmp_path / "images"
