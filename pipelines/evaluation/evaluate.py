@@ -21,6 +21,7 @@ from ..storage import Location
 from .image_sets import sample_grid, samples_manifest, scan_images
 from .inception import WEIGHTS_ENV, inception_extractor
 from .scoring import (
+    EMBEDDED_REFERENCE,
     INCEPTION_METRICS,
     PIXEL_METRICS,
     Reference,
@@ -29,6 +30,7 @@ from .scoring import (
     compute_metrics,
     unless_unlabelled,
 )
+from .set_check import check_image_set
 
 
 @dataclass
@@ -56,6 +58,7 @@ def score_samples(spec: EvaluateSpec) -> dict:
         raise UserError(f"--metrics: unknown {', '.join(map(repr, unknown))}; choose auto or some of "
                         f"{','.join(INCEPTION_METRICS + PIXEL_METRICS)}")
     reference = Reference.load(spec.reference, spec.reference_name)
+    check_image_set(spec.samples, reference, spec.metrics)  # headers and footers, before any weights load
     wants_inception = spec.metrics != "auto" and bool(set(spec.metrics.split(",")) & set(INCEPTION_METRICS))
     extractor = inception_extractor(spec.inception_weights, spec.device, spec.batch_size, wants_inception)
     chosen = choose_metrics(spec.metrics, reference, extractor is not None)
@@ -116,6 +119,8 @@ class ReferenceSpec:
 def run_reference(spec: ReferenceSpec):
     extractor = None if spec.no_inception else inception_extractor(spec.inception_weights, spec.device,
                                                                     spec.batch_size, required=False)
+    if spec.images != EMBEDDED_REFERENCE or Path(spec.images).exists():
+        check_image_set(spec.images)
     ref = build_reference(spec.images, spec.name, extractor, crop=spec.center_crop)
     path = ref.save(spec.out)
     parts = [p for p, v in (("Inception statistics", ref.mu), ("images", ref.images), ("labels", ref.labels))

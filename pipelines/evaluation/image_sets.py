@@ -8,6 +8,8 @@ Each set is a local path or a bucket prefix (s3://...; storage.py), read file by
 
 import io
 import json
+import zipfile
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,16 +40,26 @@ def _stack(source, images):
     return np.stack(images)
 
 
-def _npz_batches(files):
-    for f in files:
+def _npz_arrays(f):
+    """(images, labels or None) of one .npz; a UserError naming it when it cannot be read to the end."""
+    try:
         with np.load(io.BytesIO(f.read_bytes()), allow_pickle=False) as data:
             if "arr_0" not in data.files:
                 raise UserError(f"{f}: no `arr_0` array: sample shards hold uint8 arr_0 of shape (N, H, W, 3)")
-            try:
-                images = as_rgb_uint8(data["arr_0"])
-            except ValueError as err:
-                raise UserError(f"{f}: {err}") from err
+            images = data["arr_0"]
             labels = data["labels"].astype(np.int64) if "labels" in data.files else None
+    except (ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise UserError(f"{f} cannot be read ({str(err).splitlines()[0]}): it was damaged; re-run the step that "
+                        "wrote it, or remove it") from None
+    try:
+        return as_rgb_uint8(images), labels
+    except ValueError as err:
+        raise UserError(f"{f}: {err}") from None
+
+
+def _npz_batches(files):
+    for f in files:
+        images, labels = _npz_arrays(f)
         if labels is not None and labels.shape != (len(images),):
             raise UserError(f"{f}: labels of shape {labels.shape} for {len(images)} images")
         yield images, labels, str(f)

@@ -10,6 +10,7 @@ embedded dataset.
 import io
 import re
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from ..errors import UserError
 from ..storage import Location
 from .image_sets import PIXEL_LIMIT, Scan, scan_images
 from .inception import WEIGHTS_ENV
+from .set_check import check_reference
 
 INCEPTION_METRICS = ("fid", "is", "pr")
 PIXEL_METRICS = ("fd_pixels", "cls_acc", "pr_pixels")
@@ -60,11 +62,19 @@ class Reference:
                             "--out STATS.npz`, or use `digits` for the embedded dataset")
         source = path.path if path.is_local else path.open_input  # a bucket's file: ranged reads, not a copy
         try:
-            data = np.load(source if path.is_local else source(), allow_pickle=False)
-        except (OSError, ValueError, zipfile.BadZipFile) as err:
-            raise UserError(f"reference {path} is not a readable .npz ({err}): make one with "
-                            "`imf evaluate reference`") from err
-        with data:
+            ref = cls._read(path, source, name)
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+            reason = "not a zip archive" if "pickled" in str(err) else str(err).splitlines()[0]  # np.load's guess
+            raise UserError(f"reference {path} is not a readable .npz ({reason}): it was cut short or damaged; "
+                            "make it again with `imf evaluate reference`") from None
+        if (ref.mu is None) != (ref.sigma is None):
+            raise UserError(f"reference {path} has only one of mu and sigma: remake it with `imf evaluate reference`")
+        check_reference(ref, path)
+        return ref
+
+    @classmethod
+    def _read(cls, path, source, name):
+        with np.load(source if path.is_local else source(), allow_pickle=False) as data:
             ref = cls(name or (str(data["name"]) if "name" in data.files else path.name.rsplit(".", 1)[0]))
             for key in ("mu", "sigma", "features", "labels"):
                 if key in data.files:
@@ -73,9 +83,7 @@ class Reference:
                 try:
                     ref.images = as_rgb_uint8(data["arr_0"])
                 except ValueError as err:
-                    raise UserError(f"reference {path}: {err}") from err
-        if (ref.mu is None) != (ref.sigma is None):
-            raise UserError(f"reference {path} has only one of mu and sigma: remake it with `imf evaluate reference`")
+                    raise UserError(f"reference {path}: {err}; make it again with `imf evaluate reference`") from None
         return ref
 
 

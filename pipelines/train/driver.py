@@ -14,7 +14,8 @@ from pathlib import Path
 
 from .. import hooks
 from ..config import TrainConfig, apply_overrides, check_workers, config_from_dict, load_config
-from ..data.shards import latent_dataset, read_manifest
+from ..data.latent_check import check_latent_set
+from ..data.shards import latent_dataset
 from ..errors import UserError
 from ..runtime import probe_cluster
 from ..storage import Location
@@ -83,7 +84,7 @@ def prepare(spec: TrainSpec) -> Prepared:
     data = Location.of(spec.data)
     if not data.is_dir():
         raise UserError(f"data folder {data} not found: run `imf encode --images DIR --out {data}` first")
-    manifest = read_manifest(data)
+    manifest = check_latent_set(data, cfg.model)  # every shard's footer, and the model's patch size
     if cfg.train.flip and not manifest.get("flip"):
         raise UserError(f"train.flip is set but {data} holds no mirrored moments: re-encode with --flip "
                         "or set train.flip: false")
