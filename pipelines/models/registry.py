@@ -98,8 +98,8 @@ def import_official(path, size: str, name: str, tracking_uri, vae: str = SD_VAE_
         net = load_official(path, size)
     except (pickle.UnpicklingError, EOFError, RuntimeError, ValueError, KeyError) as err:
         first = str(err).strip().splitlines()[0][:160] if str(err).strip() else err.__class__.__name__
-        raise UserError(f"{path} is not an official iMF checkpoint for {size} ({first}); pass the authors' "
-                        f"iMF-{size.replace('/', '-')}.pth") from None
+        raise UserError(f"{path} is not an official iMF checkpoint for {size} ({err.__class__.__name__}: {first}); "
+                        f"pass the authors' iMF-{size.replace('/', '-')}.pth") from None
     codec = {"codec": "sd-vae", "weights": vae, "channels": 4, "channel_mean": list(SD_VAE_MEAN),
              "channel_std": list(SD_VAE_STD)}
     with tempfile.TemporaryDirectory(prefix="imf_model_") as tmp:
@@ -147,8 +147,9 @@ def model_folder(ref: str, tracking_uri: str | None, dst=None) -> tuple[Path, ob
     if path.is_dir() and (path / "config.json").is_file():
         return path, None
     if not str(ref).startswith("models:/"):
-        what = "holds no config.json" if path.is_dir() else "does not exist"
-        raise UserError(f"--model {ref}: the folder {what}; give an imf model folder or models:/NAME@ALIAS "
+        what = "the folder holds no config.json" if path.is_dir() else \
+            "is a file, not a model folder" if path.is_file() else "the folder does not exist"
+        raise UserError(f"--model {ref}: {what}; give an imf model folder or models:/NAME@ALIAS "
                         "(or models:/NAME/VERSION)")
     client, uri = connect(tracking_uri)
     version = resolve_version(client, ref)

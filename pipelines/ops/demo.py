@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..storage import Location
 
 MODEL_NAME = "imf-digits-demo"
 FD, PRECISION, RECALL = "fd_pixels_digits_test", "precision_k3_pixels_digits_test", "recall_k3_pixels_digits_test"
@@ -166,6 +167,7 @@ def register(steps):
         if args.workers < 1 or (args.max_steps is not None and args.max_steps < 1) or args.seconds <= 0:
             raise UserError(f"--workers {args.workers} and --max-steps {args.max_steps} must be >= 1, "
                             f"--seconds {args.seconds} > 0")
+        Location.of(args.out).check_writable("--out")
         if args.core_only:
             run_core_demo(Path(args.out), seconds=args.seconds)
             return 0

@@ -180,6 +180,8 @@ def command_cases(p: dict):
         ("sample-seed-negative", [*sample, "--seed", "-1"], "--seed -1"),
         ("sample-unknown-format", [*sample, "--format", "gif"], "invalid choice"),
         ("sample-missing-model", ["sample", "--model", p["missing"], "--num", "10", "--out", out], p["missing"]),
+        ("sample-model-is-a-file", ["sample", "--model", p["file"], "--num", "10", "--out", out],
+         "is a file, not a model folder"),
         ("sample-unknown-registered", ["sample", "--model", "models:/nope@champion", "--num", "10", "--out", out,
                                        "--tracking-uri", store], "nope"),
         ("sample-class-out-of-range", [*sample, "--classes", "0,99"], "99"),
@@ -215,6 +217,7 @@ def command_cases(p: dict):
         ("jobs-unknown-action", ["jobs", "explode"], "invalid choice"),
         ("demo-workers-0", ["demo", "--out", out, "--workers", "0"], "--workers"),
         ("demo-max-steps-0", ["demo", "--out", out, "--max-steps", "0"], "--max-steps 0"),
+        ("demo-out-below-a-file", ["demo", "--out", below_file], f"--out {below_file}: {p['file']} is a file"),
         ("no-step", [], "required"),
         ("unknown-step", ["fly"], "invalid choice"),
     ]
