@@ -140,10 +140,14 @@ def test_invalid_command_lines_of_every_step_are_refused_before_ray_starts(input
     (["sample", "--model", "MODEL", "--num", "10", "--out", "out", "--shard-size", "0"], "--shard-size 0"),
     (["train", "--data", "LATENTS", "--config", "EMPTY", "--storage", "out"], "is empty"),
     (["tune", "--data", "LATENTS", "--space", "nope", "--trials", "2", "--max-steps", "4"], "nope"),
-], ids=["sample-shard-size-0", "train-empty-config", "tune-unknown-space"])
+    (["train", "--data", "LATENTS", "--config", "DEEP", "--storage", "out", "--set", "train.seed=1"],
+     "nested more than 50 levels deep"),
+], ids=["sample-shard-size-0", "train-empty-config", "tune-unknown-space", "train-config-nested-too-deep"])
 def test_refused_in_a_fresh_process(inputs, tmp_path, argv, needle):
     (tmp_path / "empty.yaml").write_text("")
-    names = {"MODEL": inputs["model"], "LATENTS": inputs["latents"], "EMPTY": str(tmp_path / "empty.yaml")}
+    (tmp_path / "deep.yaml").write_text("train: " + "[" * 5000 + "]" * 5000 + "\n")  # was a RecursionError
+    names = {"MODEL": inputs["model"], "LATENTS": inputs["latents"], "EMPTY": str(tmp_path / "empty.yaml"),
+             "DEEP": str(tmp_path / "deep.yaml")}
     work = tmp_path / "work"
     work.mkdir()
     env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_TMPDIR": str(tmp_path / "ray")}
