@@ -338,7 +338,8 @@ def config_path(name) -> Path:
     if path.parent == Path(".") and shipped.is_file():
         return shipped
     names = ", ".join(sorted(p.stem for p in CONFIGS.glob("*.yaml")))
-    raise UserError(f"config file {path} not found: give a YAML path or a shipped config ({names})")
+    found = "is a folder" if path.is_dir() else "not found"
+    raise UserError(f"config file {path} {found}: give a YAML file's path or a shipped config ({names})")
 
 
 def load_config(path, overrides=()) -> TrainConfig:

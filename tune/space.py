@@ -114,7 +114,8 @@ def resolve_space_path(name) -> Path:
     if path.parent == Path(".") and shipped.is_file():
         return shipped
     names = ", ".join(sorted(p.stem for p in SPACES.glob("*.yaml")))
-    raise UserError(f"search space {name} not found (give a YAML path, or one of the shipped spaces: {names})")
+    found = "is a folder" if path.is_dir() else "not found"
+    raise UserError(f"search space {name} {found} (give a YAML file's path, or one of the shipped spaces: {names})")
 
 
 def _read_config(path: Path, what: str) -> dict:
