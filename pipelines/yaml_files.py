@@ -80,10 +80,11 @@ def read_yaml(text: str):
 
 def yaml_problem(err: yaml.YAMLError) -> str:
     """One line saying what is wrong and where (lines counted from 1), for a refusal."""
-    if isinstance(err, (DuplicateKeyError, TooDeepError)):
-        mark = err.problem_mark
-        return err.problem if isinstance(err, DuplicateKeyError) else \
-            f"{err.problem} (line {mark.line + 1}): imf's files need a few; check the brackets and indentation there"
+    if isinstance(err, DuplicateKeyError):
+        return err.problem
+    if isinstance(err, TooDeepError):
+        return (f"{err.problem} (line {err.problem_mark.line + 1}): imf's files need a few levels; check the "
+                "brackets and indentation there")
     if isinstance(err, yaml.MarkedYAMLError) and err.problem_mark is not None:
         mark, context = err.problem_mark, f" {err.context}" if err.context else ""
         return f"line {mark.line + 1}, column {mark.column + 1}: {err.problem}{context}; correct it there"

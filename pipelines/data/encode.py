@@ -132,7 +132,8 @@ def _tree(location: Location) -> tuple[str, PurePosixPath]:
     with their scheme and endpoint."""
     if location.is_local:
         return "local", PurePosixPath(Path(location.path).resolve().as_posix())
-    scheme = location.uri.split("://", 1)[0].lower().replace("s3a", "s3")
+    scheme = location.uri.split("://", 1)[0].lower()
+    scheme = {"s3a": "s3"}.get(scheme, scheme)
     return f"{scheme} {location.endpoint}", PurePosixPath("/" + location.path.strip("/"))
 
 
