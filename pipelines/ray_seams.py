@@ -75,6 +75,10 @@ def controller_callback_class():
 NOISY_LOGGERS = {
     "ray.train.v2._internal.execution.controller.placement_group_cleaner": logging.ERROR,
     "ray.train.v2._internal.execution.scaling_policy.autoscaling_coordinator_client": logging.ERROR,
+    # A streamed shard that cannot be read (damaged during a run): the split coordinator logs the read task's
+    # traceback twice; the training worker names the shard itself (train/read_guard.py) and the run ends cleanly.
+    "ray.data._internal.execution.streaming_executor_state": logging.CRITICAL + 1,
+    "ray.data._internal.iterator.stream_split_iterator": logging.CRITICAL + 1,
 }
 BACKEND_SETUP_LOGGER = "ray.train.v2._internal.callbacks.backend_setup"  # logs a worker group's teardown
 

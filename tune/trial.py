@@ -81,8 +81,11 @@ def run_trial(config: dict, setup: dict):
     except TrainingFailedError:
         client.set_terminated(run_id, "FAILED")
         raise
-    nonfinite = ray.get(status.nonfinite.remote()) is not None
-    client.set_terminated(run_id, "FAILED" if nonfinite else "FINISHED")
+    failed_read = ray.get(status.read_failure.remote())  # a shard damaged during the trial (read_guard.py)
+    if failed_read is not None:
+        print(f"trial {trial_id}: {failed_read}", flush=True)
+    failed = failed_read is not None or ray.get(status.nonfinite.remote()) is not None
+    client.set_terminated(run_id, "FAILED" if failed else "FINISHED")
     if result.checkpoint and report.holds_back(result.metrics or {}):
         tune.report({**result.metrics, CHECKPOINT_PATH_KEY: result.checkpoint.path})
 

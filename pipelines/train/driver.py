@@ -137,7 +137,7 @@ def run_status_actor():
     @ray.remote(num_cpus=0, scheduling_strategy=here)
     class RunStatus:
         def __init__(self):
-            self.nonfinite_step = self.preempted_step = None
+            self.nonfinite_step = self.preempted_step = self.failed_read = None
             self.stop = False
 
         def set_nonfinite(self, step):
@@ -157,6 +157,12 @@ def run_status_actor():
 
         def preempted(self):
             return self.preempted_step
+
+        def set_read_failure(self, message):  # a rank's read of a shard failed (read_guard.py)
+            self.failed_read = self.failed_read or message
+
+        def read_failure(self):
+            return self.failed_read
 
     return RunStatus.remote()
 
@@ -276,6 +282,9 @@ def run_train(spec: TrainSpec) -> int:
     except TrainingFailedError as err:
         tracker.terminate("FAILED")
         raise UserError(f"training failed after the allowed {spec.max_failures} restart(s): {err}") from err
+    failed_read = ray.get(status.read_failure.remote())
+    if failed_read is not None:
+        raise damaged_during_run(tracker, result, run_name, storage, failed_read)
     preempted = ray.get(status.preempted.remote())
     if preempted is not None:
         return stopped_for_preemption(tracker, result, run_name, storage, preempted)
@@ -311,6 +320,13 @@ def stopped_for_preemption(tracker, result, run_name, storage, step) -> int:
     print(f"imf train: preempted (SIGTERM) after step {step}; checkpoint {latest}. Continue with the same "
           f"command and --resume {run_name}.")
     return PREEMPTED
+
+
+def damaged_during_run(tracker, result, run_name, storage, message: str) -> UserError:
+    latest = as_uri(storage, result.checkpoint.path) if result.checkpoint else None
+    tracker.terminate("FAILED")
+    resume = f"continue with the same command and --resume {run_name}" if latest else "then run it again"
+    return UserError(f"{message}; the last good checkpoint, {latest or 'none yet'}, is kept as it was: {resume}")
 
 
 def finish(tracker, result, tracking_uri, run_name, storage, nonfinite=None) -> int:

@@ -22,6 +22,7 @@ from .batches import InMemoryRows, StreamedRows
 from .payload import WorkerPayload
 from .preemption import StopAgreement
 from .progress import ProgressLine
+from .read_guard import ReadGuard, read_rows
 from .schedule import Schedule
 from .state import StepResult, TrainState
 
@@ -81,7 +82,8 @@ class Worker:
 
         t, local = self.cfg.train, self.cfg.train.batch_size // self.world
         if self.payload.in_memory:
-            return InMemoryRows(shard_locations(self.payload.data), self.rank, self.world, local, t.seed)
+            return read_rows(lambda: InMemoryRows(shard_locations(self.payload.data), self.rank, self.world, local,
+                                                  t.seed))
         return StreamedRows(ray.train.get_dataset_shard("train"), local, t.seed, t.shuffle_buffer,
                             self.schedule.steps_per_epoch)
 
@@ -105,6 +107,9 @@ class Worker:
                                          self.latent_shape, t.flip)
                 yield x.to(self.device), y.to(self.device), batch["index"]
             p.next_epoch()
+
+    def finished(self) -> bool:
+        return self.state.progress.step >= self.schedule.total_steps
 
     def step(self, x, y, index) -> StepResult:
         p, t = self.state.progress, self.cfg.train
@@ -186,8 +191,9 @@ def train_loop_per_worker(config: dict):
     if worker.rank == 0:
         progress.announce(worker.cfg.model.name, payload.in_memory)
     stop = StopAgreement(payload.status, worker.rank, worker.device)
+    guard = ReadGuard(payload.data, worker.manifest, worker.device)
     try:
-        for x, y, index in worker.batches():
+        for x, y, index in guard.batches(worker.batches(), worker.finished):
             step = worker.state.progress.step
             result = worker.step(x, y, index)
             if not result.finite:
@@ -205,4 +211,5 @@ def train_loop_per_worker(config: dict):
     finally:
         stop.close()
         worker.rows.close()
+    guard.tell_driver(payload.status)
     hooks.at("train_worker_finished", worker=worker)
