@@ -92,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
+    from .runtime import stop_on_sigterm
+
+    stop_on_sigterm()
     args = build_parser().parse_args(argv)
     if getattr(args, "endpoint_url", None):  # read by storage.Location; Ray workers get it with each Location
         import os
@@ -99,13 +102,30 @@ def main(argv=None):
         os.environ["AWS_ENDPOINT_URL"] = args.endpoint_url
     try:
         status = args.func(args)
-    except (UserError, ValueError, FileNotFoundError, NotADirectoryError) as err:
+    except (UserError, ValueError, OSError) as err:  # OSError: a file the step could not read or write
         print(f"imf {args.command}: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print(f"imf {args.command}: interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        return stopped(args, stop, exit_on_next=argv is None)  # argv None: the `imf` process itself
     return status if isinstance(status, int) else 0  # a step's run may return its summary
+
+
+def stopped(args, stop: KeyboardInterrupt, exit_on_next: bool) -> int:
+    """Ctrl-C (SIGINT) or SIGTERM ended the step: one line, and 130 / 143 (0 for a service asked to stop). With
+    exit_on_next, a second signal while Ray shuts down ends the process at once (Ray's own processes end with it)."""
+    import os
+    import signal
+
+    from .runtime import Stopped
+
+    sigterm = isinstance(stop, Stopped)
+    status = 0 if getattr(args, "service", False) else 143 if sigterm else 130
+    hint = getattr(args, "on_stop", None)
+    print(f"imf {args.command}: stopped ({'SIGTERM' if sigterm else 'Ctrl-C'}){f'; {hint}' if hint else ''}",
+          file=sys.stderr, flush=True)
+    for signum in (signal.SIGINT, signal.SIGTERM) if exit_on_next else ():
+        signal.signal(signum, lambda *_: os._exit(status))
+    return status
 
 
 if __name__ == "__main__":

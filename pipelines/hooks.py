@@ -3,14 +3,16 @@
 A test installs hooks with a JSON file {"module": "/abs/path/to/hooks.py", ...its settings}: in the process
 itself with `installed(path)`, or in a process it starts with IMF_TEST_HOOKS=path in that process's
 environment. The steps call `at(point, **context)`; with no hooks installed that returns at once, and no other
-code of the product reads the setting. The training driver and `imf sample` pass it on to the Ray workers and
-actors they start (which may run on other nodes, in other environments), through `current()`.
+code of the product reads the setting. The training driver, `imf sample` and `imf encode` pass it on to the Ray
+workers and actors they start (which may run on other nodes, in other environments), through `current()`.
 
 Points, and what a hook module's function of that name receives (its settings dict first):
     train_worker_started(settings, worker)   a training worker restored its state, before its first step
     train_step(settings, worker, index)      before each training step; index: the batch's row indices
     train_worker_finished(settings, worker)  the worker's loop ended (done, preempted or stopped)
     sample_shard(settings, shard)            before `imf sample` generates a shard
+    encode_shard(settings, shard)            before `imf encode` encodes a shard
+    evaluate_batch(settings, count)          before `imf evaluate` scans a batch; count: images scanned so far
 """
 
 import contextlib

@@ -8,6 +8,9 @@ API serves, and the test that exercises each in a real run:
   the worker_process_setup_hook has run, through ray._private.utils.set_sigterm_handler; a training worker
   must instead stop at the next step boundary with a checkpoint. Wrapping that installer is the only way in.
   tests/pipelines/train/test_preemption.py (SIGTERM to a worker).
+- train_sigint_handler: Ray Train's fit() replaces the driver's SIGINT handler with one that aborts the run with
+  no checkpoint (DataParallelTrainer._register_sigint_handler); `imf train` stops at the next step boundary with a
+  checkpoint instead, as for SIGTERM, so its own handler must stay. tests/pipelines/test_signals.py.
 - torch_backend: Ray Train's TorchConfig always meets through an env:// TCPStore that listens on every
   interface; keeping a one-machine group on loopback needs its backend class and its process-group helpers
   (ray.train.torch.config._TorchBackend, _setup_torch_process_group, _set_torch_distributed_env_vars).
@@ -26,6 +29,11 @@ API serves, and the test that exercises each in a real run:
 - runtime_env_package: what Ray packs of a working_dir for a job (ray._private.runtime_env.packaging); `imf
   submit` relies on its excludes, and only Ray's own packer can show what it ships. tests/pipelines/ops/
   test_jobs.py.
+- own_process_group: the Popen class (ray._private.services.ConsolePopen) through which ray.init starts a local
+  instance's GCS, raylet and helpers. They must sit in a process group of their own, so that a signal to the
+  command's whole group (Ctrl-C in a terminal, `timeout`, a container's stop) reaches the command alone, which then
+  stops its workers through Ray; ray.init has no option for it. They still die with the command (Ray's fate
+  sharing). tests/pipelines/test_signals.py.
 - internal_config: RAY_prestart_worker_first_driver, one of Ray's internal config flags (read from the
   environment by the raylet): a local instance starts no workers ahead (bench figures in pipelines/runtime.py).
   Every local run.
@@ -33,6 +41,7 @@ API serves, and the test that exercises each in a real run:
 
 import importlib
 import logging
+import os
 
 # Nothing of Ray is imported here at module level: a local instance sets its environment before Ray's first import.
 
@@ -48,6 +57,38 @@ def wrap_sigterm_installer(wrap):
         wrapped = wrap(install)
         wrapped.imf_wrapped = True
         ray_utils.set_sigterm_handler = wrapped
+
+
+# ---- own_process_group ------------------------------------------------------------------------------------------
+
+def start_local_instances_in_own_process_group():
+    """Make ray.init start a local instance's processes in a new process group (idempotent)."""
+    from ray._private import services
+
+    if getattr(services.ConsolePopen, "imf_own_group", False):
+        return
+
+    class OwnGroupPopen(services.ConsolePopen):
+        imf_own_group = True
+
+        def __init__(self, *args, preexec_fn=None, **kwargs):
+            def in_own_group():
+                os.setpgid(0, 0)
+                if preexec_fn is not None:
+                    preexec_fn()
+
+            super().__init__(*args, preexec_fn=in_own_group, **kwargs)
+
+    services.ConsolePopen = OwnGroupPopen
+
+
+# ---- train_sigint_handler -------------------------------------------------------------------------------------
+
+def keep_sigint_handler_through_fit():
+    """Make Ray Train's fit() leave the driver's SIGINT handler as it is (idempotent)."""
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    DataParallelTrainer._register_sigint_handler = lambda self, controller: None
 
 
 # ---- torch_backend ----------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ workers, and no dashboard.
 
 import logging
 import os
+import signal
 import tempfile
 import threading
 
@@ -70,6 +71,27 @@ def defer_sigterm():
     ray_seams.wrap_sigterm_installer(wrap)
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM to an `imf` command (a process manager's stop), raised in the main thread as Ctrl-C raises
+    KeyboardInterrupt: the command ends the same way, with its own status (cli.py)."""
+
+
+_stop_on_sigterm = False
+
+
+def _raise_stopped(signum, frame):
+    raise Stopped
+
+
+def stop_on_sigterm():
+    """SIGTERM raises Stopped in the main thread from now on, in this process. `imf` calls it first thing, and
+    start_ray again after ray.init: Ray's driver installs a handler that prints a stack dump and aborts."""
+    global _stop_on_sigterm
+    if threading.current_thread() is threading.main_thread():
+        _stop_on_sigterm = True
+        signal.signal(signal.SIGTERM, _raise_stopped)
+
+
 # What a local instance sets in its environment (never over a value the user set), read when Ray is imported or
 # started, or by the processes it starts. Each for a reason:
 LOCAL_INSTANCE_ENV = {
@@ -107,6 +129,7 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
     if ray.is_initialized():
         return ray
     if address in LOCAL:
+        ray_seams.start_local_instances_in_own_process_group()  # a signal to our group must not reach them
         ray.init(address="local", num_cpus=num_cpus or local_cpus(), object_store_memory=object_store_bytes,
                  include_dashboard=False, logging_level="WARNING",
                  **ray_seams.temp_dir_argument(os.environ["RAY_TMPDIR"]),
@@ -120,6 +143,8 @@ def start_ray(address: str | None = None, num_cpus: int | None = None, object_st
                 f"cannot reach the Ray cluster at {address!r} ({err}). Start one with `ray start --head` "
                 "(then use --address auto), check the ray:// port (10001), or drop --address for a local instance."
             ) from err
+    if _stop_on_sigterm:
+        stop_on_sigterm()
     quiet_ray_data()
     return ray
 

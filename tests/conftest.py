@@ -20,8 +20,9 @@ SHARED = {"tests/test_walkthrough.py": "walkthrough", "tests/tune/test_sweep.py"
           "tests/pipelines/train/test_train.py": "streamed run",
           "tests/pipelines/train/test_train_s3.py": "streamed run",
           "tests/pipelines/serve/test_app.py": "serve", "tests/pipelines/serve/test_clients.py": "serve"}
-LONGEST_FIRST = ["walkthrough", "streamed run", "tests/pipelines/train/test_preemption.py",
-                 "tests/pipelines/train/test_quality.py", "tests/pipelines/test_node_loss.py",
+LONGEST_FIRST = ["walkthrough", "streamed run", "tests/pipelines/test_signals.py",
+                 "tests/pipelines/train/test_preemption.py", "tests/pipelines/train/test_quality.py",
+                 "tests/pipelines/test_node_loss.py",
                  "tests/pipelines/ops/test_submit_cluster.py", "tests/bench/test_bench_smoke.py",
                  "tests/pipelines/data/test_encode.py", "tests/pipelines/generate/test_sample.py",
                  "serve", "tests/pipelines/data/test_encode_s3.py",

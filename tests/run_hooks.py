@@ -12,7 +12,8 @@ _pause_s = {}  # per worker process: the pause read when it started
 
 def hooks_file(folder, **settings) -> Path:
     """folder/hooks.json naming this module; settings: sample_slow_s (seconds before each shard after the first),
-    sample_gate (true: every shard waits for the file `open` in the folder)."""
+    gate (true: every shard of imf sample and imf encode, and every batch of imf evaluate, waits for the file
+    `open` in the folder)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "hooks.json"
@@ -43,18 +44,33 @@ def train_worker_finished(settings, worker):
 
 
 def sample_shard(settings, shard):
-    """shards.jsonl: the shard and the actor's pid, one line per shard begun. Then leave time to kill an `imf sample`
-    job between its shards, or hold every shard until the test opens the gate."""
-    folder = Path(settings["dir"])
-    with open(folder / "shards.jsonl", "a") as f:
-        f.write(json.dumps({"shard": shard, "pid": os.getpid()}) + "\n")
+    """Leave time to kill an `imf sample` job between its shards (sample_slow_s); then _hold."""
     if shard > 0:
         time.sleep(settings.get("sample_slow_s", 0))
+    _hold(settings, "sample_shard", shard=shard)
+
+
+def encode_shard(settings, shard):
+    _hold(settings, "encode_shard", shard=shard)
+
+
+def evaluate_batch(settings, count):
+    _hold(settings, "evaluate_batch", count=count)
+
+
+def _hold(settings, point, **context):
+    """begun.jsonl: the point, the process and its context, one line each time; then, with the setting gate, wait
+    until the test creates the file `open` in the folder (or for 10 minutes)."""
+    folder = Path(settings["dir"])
+    with open(folder / "begun.jsonl", "a") as f:
+        f.write(json.dumps({"point": point, "pid": os.getpid(), **context}) + "\n")
     deadline = time.time() + 600
-    while settings.get("sample_gate") and not (folder / "open").exists() and time.time() < deadline:
+    while settings.get("gate") and not (folder / "open").exists() and time.time() < deadline:
         time.sleep(0.1)
 
 
-def shards_begun(folder) -> list[dict]:
-    path = Path(folder, "shards.jsonl")
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+def begun(folder, point=None) -> list[dict]:
+    """The records of _hold, of one point or all."""
+    path = Path(folder, "begun.jsonl")
+    records = [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+    return [r for r in records if point in (None, r["point"])]

@@ -29,6 +29,26 @@ def test_sigterm_installer():
          "ray._private.utils.set_sigterm_handler(handler) is gone")
 
 
+def test_own_process_group():
+    from ray._private import services
+
+    seam("own_process_group", isinstance(getattr(services, "ConsolePopen", None), type),
+         "ray._private.services.ConsolePopen is gone")
+    source = inspect.getsource(services.start_ray_process)
+    seam("own_process_group", "ConsolePopen(" in source and "preexec_fn=" in source,
+         "start_ray_process no longer starts processes through ConsolePopen(..., preexec_fn=...)")
+
+
+def test_train_sigint_handler():
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    register = getattr(DataParallelTrainer, "_register_sigint_handler", None)
+    seam("train_sigint_handler", callable(register) and list(inspect.signature(register).parameters) == ["self",
+         "controller"], "DataParallelTrainer._register_sigint_handler(self, controller) is gone")
+    seam("train_sigint_handler", "_register_sigint_handler(" in inspect.getsource(DataParallelTrainer),
+         "fit() no longer installs its SIGINT handler through _register_sigint_handler")
+
+
 def test_torch_backend():
     from pipelines.ray_seams import torch_backend
 

@@ -9,6 +9,8 @@ Everything that can be checked (space, configs, data, workers, tracking store) i
 import contextlib
 import math
 import os
+import signal
+import threading
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -135,8 +137,11 @@ def run_tune(args: TuneSpec) -> int:
         results = fit(space, setup, args, storage, sweep, grace, concurrency(args, gpus, cpus))
         status = finish(client, tracking_uri, exp, parent, space, results, args, run.num_rows, model_name,
                         run.manifest, storage)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (SweepStop)
+        close_open_runs(client, exp, parent, "KILLED")
+        raise
     except BaseException:
-        client.set_terminated(parent, "FAILED")
+        close_open_runs(client, exp, parent, "FAILED")
         raise
     client.set_terminated(parent, "FINISHED" if status == 0 else "FAILED")
     return status
@@ -190,7 +195,53 @@ def fit(space, setup, args, storage, sweep, grace, max_concurrent):
     )
     # Tune's newer console output prints its configuration box even at verbose 0; the classic one does not.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    return tuner.fit()
+    with SweepStop():
+        return tuner.fit()
+
+
+class SweepStop:
+    """While Tune runs the trials, SIGTERM and Ctrl-C end the sweep the way Tune ends one (its stop signal, SIGUSR1:
+    the trials stopped, its state saved), then raise as the signal would have: Stopped (runtime) for SIGTERM,
+    KeyboardInterrupt for Ctrl-C. A second Ctrl-C raises at once."""
+
+    def __init__(self):
+        self.received, self.previous = None, {}
+
+    def _handler(self, signum, frame):
+        from pipelines.runtime import Stopped
+
+        if self.received is None:
+            self.received = signum
+            print(f"imf tune: {'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'} received; stopping the trials "
+                  "(Ctrl-C again to stop at once)", flush=True)
+            if signal.getsignal(signal.SIGUSR1) not in (signal.SIG_DFL, None):  # Tune's handler is in place
+                os.kill(os.getpid(), signal.SIGUSR1)
+                return
+            raise Stopped if signum == signal.SIGTERM else KeyboardInterrupt
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            os.environ["TUNE_DISABLE_SIGINT_HANDLER"] = "1"  # Tune's own would end the sweep with no status of ours
+            self.previous = {s: signal.signal(s, self._handler) for s in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        from pipelines.runtime import Stopped
+
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+        if exc_type is None and self.received is not None:
+            raise Stopped if self.received == signal.SIGTERM else KeyboardInterrupt
+        return False
+
+
+def close_open_runs(client, exp, parent, status):
+    """The parent run and its trials' runs still RUNNING end with `status`."""
+    children = client.search_runs([exp], f"tags.mlflow.parentRunId = '{parent}' and attributes.status = 'RUNNING'")
+    for run_id in [parent, *(child.info.run_id for child in children)]:
+        client.set_terminated(run_id, status)
 
 
 def trial_progress(trials: int):

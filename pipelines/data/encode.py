@@ -29,6 +29,7 @@ import torch
 
 from imf_core.codecs import CODECS, codec_from_description, make_codec
 
+from .. import hooks
 from ..errors import UserError
 from ..progress import Progress
 from ..storage import Location, read_json, write_json
@@ -280,13 +281,15 @@ def write_encoded_shard(codec, out, meta: dict, shard: int, decoded: dict, batch
 class ShardEncoder:
     """Ray Data actor: encodes whole shards with one codec replica and writes them."""
 
-    def __init__(self, out: Location, meta: dict, batch_size: int, dtype: str):
+    def __init__(self, out: Location, meta: dict, batch_size: int, dtype: str, test_hooks: str | None = None):
+        hooks.install(test_hooks)
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.codec = codec_from_description(meta["codec"], self.device, dtype=getattr(torch, dtype))
         self.out, self.meta, self.batch_size = out, meta, batch_size
 
     def __call__(self, batch: dict) -> dict:
         shard = int(batch["shard"][0])
+        hooks.at("encode_shard", shard=shard)
         decoded = {"index": batch["index"][0], "label": batch["label"][0], "pixels": batch["pixels"][0],
                    "rejects": json.loads(batch["rejects"][0])}
         encoded = write_encoded_shard(self.codec, self.out, self.meta, shard, decoded, self.batch_size)
@@ -322,7 +325,8 @@ def encode_dataset(plan: Plan, missing: list, size: int, per_actor: dict, batch_
                         fn_kwargs={"source": plan.source, "resolution": plan.resolution})
     return ds.map_batches(ShardEncoder, batch_size=1, compute=ray.data.ActorPoolStrategy(size=size), **per_actor,
                           fn_constructor_kwargs={"out": plan.out, "meta": plan.shard_meta(),
-                                                 "batch_size": batch_size, "dtype": dtype})
+                                                 "batch_size": batch_size, "dtype": dtype,
+                                                 "test_hooks": hooks.current()})
 
 
 def say(message: str):
@@ -466,4 +470,4 @@ def register(steps):
     parser.add_argument("--actors", type=int, default=None, help="codec actors (default: one per GPU, else CPUs/4)")
     parser.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default="float32", help="VAE precision")
     add_shared_flags(parser, address=True, tracking=lambda args: False)  # logs a run only when given a URI
-    parser.set_defaults(func=_main)
+    parser.set_defaults(func=_main, on_stop="the shards written are kept: re-run the same command to finish")

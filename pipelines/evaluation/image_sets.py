@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .. import hooks
 from ..data.images import as_rgb_uint8, center_crop, list_image_tree, save_grid, to_rgb
 from ..errors import UserError
 from ..storage import Location
@@ -125,6 +126,7 @@ def scan_images(path, extractor=None, batch_size=256, crop=None):
     features, logits, images, labels = [], [], [], []
     shape, count, labelled = None, 0, True
     for batch, batch_labels, source in iter_image_batches(path, batch_size, crop):
+        hooks.at("evaluate_batch", count=count)
         if shape is not None and batch.shape[1:] != shape:
             raise UserError(f"{source}: images are {batch.shape[1:]}, earlier ones {shape}: one size per set")
         shape, count = batch.shape[1:], count + len(batch)

@@ -318,4 +318,5 @@ def register(steps):
     parser.add_argument("--batch-size", type=int, default=64, help="images per forward pass")
     parser.add_argument("--actors", type=int, default=None, help="default: one per GPU, else half the CPUs")
     add_shared_flags(parser, address=True, tracking=lambda args: str(args.model).startswith("models:/"))
-    parser.set_defaults(func=lambda args: run_sample(spec_from_args(SampleSpec, args)))
+    parser.set_defaults(func=lambda args: run_sample(spec_from_args(SampleSpec, args)),
+                        on_stop="the shards written are kept: re-run the same command to finish")

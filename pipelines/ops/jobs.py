@@ -135,10 +135,12 @@ def follow(client, job_id: str, url: str) -> int:
         while not client.get_job_status(job_id).is_terminal() and time.time() < deadline:
             time.sleep(1)
         info = client.get_job_info(job_id)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as stop:  # Ctrl-C, or SIGTERM (runtime.Stopped)
+        from ..runtime import Stopped
+
         print(f"\nimf: stopped following; job {job_id} keeps running. Follow it: imf jobs logs {job_id} --follow "
               f"--address {url}; stop it: imf jobs stop {job_id} --address {url}", file=sys.stderr)
-        return 130
+        return 143 if isinstance(stop, Stopped) else 130
     except (RuntimeError, ConnectionError, OSError) as err:
         raise UserError(f"lost the Jobs API at {url} while following job {job_id} ({str(err)[:200]}); it may still "
                         f"be running: imf jobs logs {job_id} --follow --address {url}") from err

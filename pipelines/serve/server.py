@@ -70,22 +70,15 @@ def run_serve(spec: ServeSpec) -> int:
         print(f"imf serve: left running on the cluster; stop it with `serve delete {spec.name}` "
               "(or `serve shutdown`)")
         return 0
-    import signal
-
     from ray import serve
 
-    signal.signal(signal.SIGTERM, _interrupt)  # a service manager's stop: the same clean exit as Ctrl-C
-    try:
+    try:  # until Ctrl-C or SIGTERM (runtime.Stopped), a service manager's stop
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
         serve.delete(spec.name)
         print("imf serve: stopped", flush=True)
     return 0
-
-
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
 
 
 def register(steps):
@@ -114,4 +107,4 @@ def register(steps):
                    help="how often (on a request) replicas check where the alias points")
     p.add_argument("--detach", action="store_true", help="return once deployed (with --address)")
     add_shared_flags(p, address=True, tracking=lambda args: str(args.model).startswith("models:/"))
-    p.set_defaults(func=lambda args: run_serve(spec_from_args(ServeSpec, args)))
+    p.set_defaults(func=lambda args: run_serve(spec_from_args(ServeSpec, args)), service=True)  # a stop is status 0

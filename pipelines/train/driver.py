@@ -22,7 +22,7 @@ from ..storage import Location
 from ..tracking import TolerantLogger, connect, experiment_id, log_params
 from .batches import share_bytes
 from .payload import WorkerPayload
-from .preemption import PREEMPTED, DriverSigterm
+from .preemption import PREEMPTED, DriverStop
 from .schedule import total_steps
 
 RUN_FILE = "imf_run.json"
@@ -273,21 +273,24 @@ def run_train(spec: TrainSpec) -> int:
     client, tracking_uri = connect(spec.tracking_uri)
     ray = start_ray(spec.address)
     run_id = open_run(spec, run, run_name, storage, client, tracking_uri)
-    status = run_status_actor()
-    trainer = build_trainer(spec, run, run_name, storage, tracking_uri, run_id, resume_path, status=status)
     tracker = TolerantLogger(tracking_uri, run_id)  # the server may have gone during the run
     try:
-        with DriverSigterm(status):
+        status = run_status_actor()
+        trainer = build_trainer(spec, run, run_name, storage, tracking_uri, run_id, resume_path, status=status)
+        with DriverStop(status) as stop:
             result = trainer.fit()
     except TrainingFailedError as err:
         tracker.terminate("FAILED")
         raise UserError(f"training failed after the allowed {spec.max_failures} restart(s): {err}") from err
+    except KeyboardInterrupt:  # a signal before the workers ran (or a second Ctrl-C): nothing to checkpoint
+        tracker.terminate("KILLED")
+        raise
     failed_read = ray.get(status.read_failure.remote())
     if failed_read is not None:
         raise damaged_during_run(tracker, result, run_name, storage, failed_read)
     preempted = ray.get(status.preempted.remote())
     if preempted is not None:
-        return stopped_for_preemption(tracker, result, run_name, storage, preempted)
+        return stopped_for_preemption(tracker, result, run_name, storage, preempted, stop.received)
     code = finish(tracker, result, tracking_uri, run_name, storage, ray.get(status.nonfinite.remote()))
     if code == 0 and spec.register and result.checkpoint is not None:
         register_result(spec, run, result, tracking_uri, run_id)
@@ -312,12 +315,13 @@ def as_uri(storage, path: str) -> str:
     return f"{scheme}://{path}" if scheme and "://" not in path else path
 
 
-def stopped_for_preemption(tracker, result, run_name, storage, step) -> int:
+def stopped_for_preemption(tracker, result, run_name, storage, step, signal_name=None) -> int:
     latest = as_uri(storage, result.checkpoint.path) if result.checkpoint else None
     tracker.tag("checkpoint.latest", latest)
     tracker.tag("imf.preempted_at_step", step)
     tracker.terminate("KILLED")
-    print(f"imf train: preempted (SIGTERM) after step {step}; checkpoint {latest}. Continue with the same "
+    how = "stopped (Ctrl-C)" if signal_name == "Ctrl-C" else "preempted (SIGTERM)"  # SIGTERM: driver or a worker
+    print(f"imf train: {how} after step {step}; checkpoint {latest}. Continue with the same "
           f"command and --resume {run_name}.")
     return PREEMPTED
 

@@ -1,8 +1,9 @@
-"""Preemption: SIGTERM (what spot instances and Kubernetes send before they take a machine) to the `imf train`
-driver or to any training worker ends the run at the next step boundary with a checkpoint, and the command
-exits with status PREEMPTED; `imf train ... --resume RUN` continues from that checkpoint as if nothing happened.
+"""Preemption: SIGTERM (what spot instances and Kubernetes send before they take a machine) or Ctrl-C to the
+`imf train` driver, or SIGTERM to any training worker, ends the run at the next step boundary with a checkpoint,
+and the command exits with status PREEMPTED; `imf train ... --resume RUN` continues from that checkpoint as if
+nothing happened.
 
-    driver   its SIGTERM handler tells the run's status actor (`request_stop`)
+    driver   its SIGTERM and SIGINT handler tells the run's status actor (`request_stop`)
     worker   its SIGTERM handler sets a flag in its own process (runtime.defer_sigterm, installed by the
              worker_process_setup_hook of local instances; on a cluster Ray's handler ends the worker and
              --max-failures restarts the group from the latest checkpoint)
@@ -57,24 +58,34 @@ class StopAgreement:
         _listening.clear()
 
 
-class DriverSigterm:
-    """While a run is fitted: SIGTERM to the driver asks the workers to stop (through the status actor) instead
-    of killing the driver; the previous handler comes back afterwards."""
+class DriverStop:
+    """While a run is fitted: SIGTERM or Ctrl-C to the driver asks the workers to stop (through the status actor)
+    instead of ending the driver; a second Ctrl-C ends it at once. The previous handlers come back afterwards."""
+
+    SIGNALS = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 
     def __init__(self, status):
-        self.status, self.previous, self.received = status, None, False
+        self.status, self.previous, self.received = status, {}, None
 
     def _handler(self, signum, frame):
-        self.received = True
-        print("imf train: SIGTERM received; stopping at the next step boundary with a checkpoint", flush=True)
+        if self.received is not None:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.received = self.SIGNALS[signum]
+        print(f"imf train: {self.received} received; stopping at the next step boundary with a checkpoint "
+              "(Ctrl-C again to stop at once)", flush=True)
         self.status.request_stop.remote()
 
     def __enter__(self):
+        from .. import ray_seams
+
         if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGTERM, self._handler)
+            ray_seams.keep_sigint_handler_through_fit()
+            self.previous = {signum: signal.signal(signum, self._handler) for signum in self.SIGNALS}
         return self
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
         return False

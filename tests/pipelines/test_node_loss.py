@@ -15,7 +15,7 @@ import pytest
 from tests.infra.local_cluster import LocalHead, LocalNode, head_env
 from tests.pipelines.model_helpers import model_folder
 from tests.pipelines.train_helpers import batch_log, write_config
-from tests.run_hooks import hooks_file, shards_begun
+from tests.run_hooks import begun, hooks_file
 
 pytestmark = pytest.mark.timeout(900)
 ROOT = Path(__file__).resolve().parents[2]
@@ -92,15 +92,15 @@ def test_sampling_survives_the_loss_of_a_node_with_every_image_once(cluster, tmp
     model, out, gate = model_folder(tmp_path), tmp_path / "samples", tmp_path / "hooks"
     proc = imf(["sample", "--model", str(model), "--num", "24", "--shard-size", "3", "--actors", "4", "--out",
                 str(out), "--address", head.gcs, "--omega", "2"],
-               IMF_TEST_HOOKS=str(hooks_file(gate, sample_gate=True)))  # every shard waits for gate/open
+               IMF_TEST_HOOKS=str(hooks_file(gate, gate=True)))  # every shard waits for gate/open
 
     def held_on_node():
         on_node = {p.pid for p in node.processes()}
-        return {e["shard"] for e in shards_begun(gate) if e["pid"] in on_node}
+        return {e["shard"] for e in begun(gate) if e["pid"] in on_node}
 
     wait_for(lambda: held_on_node() or proc.poll() is not None, what="a shard begun on the second node")
     lost = held_on_node()
-    assert lost, f"no shard on the second node: {shards_begun(gate)}"
+    assert lost, f"no shard on the second node: {begun(gate)}"
     node_pids = {p.pid for p in node.processes()}
     node.kill()
     (gate / "open").touch()
@@ -112,6 +112,6 @@ def test_sampling_survives_the_loss_of_a_node_with_every_image_once(cluster, tmp
 
     indices = np.concatenate([pq.read_table(p).column("index").to_numpy() for p in (out / "parts").glob("*.parquet")])
     assert sorted(indices.tolist()) == list(range(24))  # every image exactly once
-    redone = {e["shard"] for e in shards_begun(gate) if e["pid"] not in node_pids}
-    assert lost <= redone, (lost, shards_begun(gate))  # the node's shards were generated again elsewhere
+    redone = {e["shard"] for e in begun(gate) if e["pid"] not in node_pids}
+    assert lost <= redone, (lost, begun(gate))  # the node's shards were generated again elsewhere
     print(f"node loss during sampling: {len(lost)} shard(s) lost with the node, redone; 24 of 24 images, each once")

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from pipelines import cli
+from tests.pipelines.latent_sets import write_latent_set
 from tests.pipelines.model_helpers import fake_checkpoint, model_folder
 from tests.pipelines.refusal_cases import command_cases, config_cases
 from tests.pipelines.train_helpers import digits_tree, write_config
@@ -35,7 +36,7 @@ def inputs(tmp_path_factory):
     folders = {name: root / name for name in ("empty", "latents", "no_counts", "bad_json")}
     for folder in folders.values():
         folder.mkdir()
-    (folders["latents"] / "manifest.json").write_text(json.dumps(manifest))
+    write_latent_set(folders["latents"], latent_shape=(1, 8, 8), classes=4, shards=2, rows=32)
     (folders["no_counts"] / "manifest.json").write_text(
         json.dumps({k: v for k, v in manifest.items() if k != "counts"}))
     (folders["bad_json"] / "manifest.json").write_text("{")
