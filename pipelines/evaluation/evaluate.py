@@ -67,6 +67,9 @@ def score_samples(spec: EvaluateSpec) -> dict:
 
 
 def run_evaluate(spec: EvaluateSpec) -> dict:
+    for flag, path in (("--out", spec.out), ("--grid", spec.grid)):  # before the scores are computed
+        if path:
+            Location.of(path).check_writable(flag)
     result = score_samples(spec)
     for key, value in result.items():
         print(f"{key} {value:.6g}")
@@ -117,6 +120,7 @@ class ReferenceSpec:
 
 
 def run_reference(spec: ReferenceSpec):
+    Location.of(spec.out).check_writable("--out")
     extractor = None if spec.no_inception else inception_extractor(spec.inception_weights, spec.device,
                                                                     spec.batch_size, required=False)
     if spec.images != EMBEDDED_REFERENCE or Path(spec.images).exists():

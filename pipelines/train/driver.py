@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import hooks
-from ..config import TrainConfig, apply_overrides, check_workers, config_from_dict, load_config
+from ..config import Assignment, TrainConfig, apply_overrides, check_workers, config_from_dict, load_config
 from ..data.latent_check import check_latent_set
 from ..data.shards import latent_dataset
 from ..errors import UserError
@@ -52,13 +52,14 @@ class TrainSpec:
 
     def overrides(self) -> list[str]:
         """--set, with --model and --max-steps as the assignments they stand for."""
-        extra = [f"model.name={self.model}"] if self.model else []
-        steps = [f"train.max_steps={self.max_steps}"] if self.max_steps is not None else []
+        extra = [Assignment(f"model.name={self.model}", f"--model {self.model}")] if self.model else []
+        steps = ([Assignment(f"train.max_steps={self.max_steps}", f"--max-steps {self.max_steps}")]
+                 if self.max_steps is not None else [])
         return list(self.set or []) + extra + steps
 
     def training_config(self) -> TrainConfig:
         if self.raw is not None:
-            return config_from_dict(apply_overrides(self.raw, self.overrides()))
+            return config_from_dict(apply_overrides(self.raw, self.overrides()), self.overrides())
         if not self.config:
             raise UserError("give --config CONFIG.yaml (pipelines/configs/ holds one per model size)")
         return load_config(self.config, self.overrides())
