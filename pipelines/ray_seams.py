@@ -21,6 +21,10 @@ API serves, and the test that exercises each in a real run:
 - logger names: loggers of Ray's internal modules whose records a local instance quiets (NOISY_LOGGERS,
   BACKEND_SETUP_LOGGER, REPORT_LOGGER); LoggingConfig reaches `ray.train`, not these. tests/pipelines/
   test_runtime.py, tests/tune/test_trial.py.
+- data_shutdown_thread: Ray Data's thread that signals a read's completion ("completion-signaler", in
+  ray.data._internal.dynamic_work_queue) raises InterruptedError when a dataset shuts down under it (a run that
+  stops on a damaged shard); Python's thread hook prints that with a traceback, which local instances drop.
+  tests/pipelines/test_runtime.py.
 - error texts: Ray raises the same exception types for the cases told apart here, and says which in the
   message only (owner_died, synchronization_actor_died, job_agent_starting, job_not_found).
   tests/tune/test_trial.py, tests/tune/test_sweep.py, tests/pipelines/ops/test_jobs.py.
@@ -131,6 +135,17 @@ def report_logger() -> logging.Logger | None:
     except ImportError:
         return None
     return logging.getLogger(context.__file__)
+
+
+# ---- data_shutdown_thread ---------------------------------------------------------------------------------------
+
+DATA_SHUTDOWN_THREAD = "completion-signaler"
+
+
+def data_shutdown_race(args) -> bool:
+    """Whether a threading.excepthook record is Ray Data's completion thread interrupted by a shutdown."""
+    name = args.thread.name if args.thread is not None else ""
+    return issubclass(args.exc_type, InterruptedError) and name.endswith(DATA_SHUTDOWN_THREAD)
 
 
 # ---- error texts ------------------------------------------------------------------------------------------------

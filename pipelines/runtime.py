@@ -35,7 +35,8 @@ NOISY_ON_LOCAL_INSTANCES = ray_seams.NOISY_LOGGERS
 
 
 def setup_local_worker():
-    """worker_process_setup_hook of local instances: see NOISY_ON_LOCAL_INSTANCES and defer_sigterm. Also names
+    """worker_process_setup_hook of local instances: see NOISY_ON_LOCAL_INSTANCES, defer_sigterm and
+    without_data_shutdown_race. Also names
     this instance in RAY_ADDRESS: where several Ray instances run on one machine, Ray's own helpers in the workers
     (Train's watchdog asks the State API with no address) would otherwise fail on "found multiple active Ray
     instances"."""
@@ -46,6 +47,16 @@ def setup_local_worker():
         logging.getLogger(name).addFilter(lambda record, level=level: record.levelno >= level)
     os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     defer_sigterm()
+    threading.excepthook = without_data_shutdown_race(threading.excepthook)
+
+
+def without_data_shutdown_race(hook):
+    """A threading.excepthook that drops Ray Data's completion thread interrupted by a dataset's shutdown
+    (ray_seams.data_shutdown_race) and passes everything else to `hook`."""
+    def excepthook(args):
+        if not ray_seams.data_shutdown_race(args):
+            hook(args)
+    return excepthook
 
 
 SIGTERM_LISTENING = threading.Event()  # a training loop runs in this worker process (train/preemption.py)

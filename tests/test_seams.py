@@ -49,6 +49,15 @@ def test_train_sigint_handler():
          "fit() no longer installs its SIGINT handler through _register_sigint_handler")
 
 
+def test_data_shutdown_thread():
+    from ray.data._internal import dynamic_work_queue
+
+    from pipelines.ray_seams import DATA_SHUTDOWN_THREAD
+
+    seam("data_shutdown_thread", f'name="{DATA_SHUTDOWN_THREAD}"' in inspect.getsource(dynamic_work_queue),
+         f"Ray Data no longer names its completion thread {DATA_SHUTDOWN_THREAD!r}")
+
+
 def test_torch_backend():
     from pipelines.ray_seams import torch_backend
 

@@ -29,3 +29,35 @@ def test_local_workers_quiet_only_the_loggers_noisy_on_local_instances(ray_sessi
     assert {n: seen[n] for n in NOISY_ON_LOCAL_INSTANCES} == quiet
     assert all(seen[n][0] is False for n in NOISY_ON_LOCAL_INSTANCES)  # each of them drops warnings
     assert seen["ray.train"] == seen["ray.data"] == [True, True], seen
+
+
+@pytest.mark.timeout(300)
+def test_local_workers_drop_only_ray_datas_interrupted_completion_thread(ray_session):
+    """A thread named as Ray Data's completion thread, interrupted, prints nothing in a worker of a local instance;
+    the same error in any other thread, and another error in that thread, still print their traceback."""
+    ray = ray_session
+
+    @ray.remote(num_cpus=0.5)
+    def printed(cases):
+        import contextlib
+        import io
+        import threading
+
+        out = {}
+        for name, error in cases:
+            def fail(error=error):
+                raise {"InterruptedError": InterruptedError, "ValueError": ValueError}[error]("stop")
+
+            stderr = io.StringIO()
+            with contextlib.redirect_stderr(stderr):
+                thread = threading.Thread(target=fail, name=name)
+                thread.start()
+                thread.join()
+            out[f"{name}/{error}"] = "Traceback" in stderr.getvalue()
+        return out
+
+    cases = [("pool-1/completion-signaler", "InterruptedError"), ("worker-3", "InterruptedError"),
+             ("pool-1/completion-signaler", "ValueError")]
+    assert ray.get(printed.remote(cases)) == {"pool-1/completion-signaler/InterruptedError": False,
+                                              "worker-3/InterruptedError": True,
+                                              "pool-1/completion-signaler/ValueError": True}
