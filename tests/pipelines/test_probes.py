@@ -2,13 +2,13 @@
 server used to cost 4.3 minutes of silence): a TCP probe before MLflow or ray.init, and MLflow's own retries
 cut short for the first request. Run in-process; none of these starts Ray."""
 
-import json
 import socket
 import time
 
 import pytest
 
 from pipelines import cli
+from tests.pipelines.latent_sets import write_latent_set
 from tests.pipelines.model_helpers import model_folder
 from tests.pipelines.train_helpers import write_config
 
@@ -32,11 +32,7 @@ def ports():
 @pytest.fixture(scope="module")
 def inputs(tmp_path_factory):
     root = tmp_path_factory.mktemp("probe")
-    latents = root / "latents"
-    latents.mkdir()
-    (latents / "manifest.json").write_text(json.dumps({
-        "dataset": "digits", "codec": {"codec": "pixels"}, "latent_shape": [1, 8, 8], "flip": False,
-        "class_names": ["0", "1"], "num_classes": 2, "shards": [], "counts": {"encoded": 64}}))
+    latents = write_latent_set(root / "latents", latent_shape=(1, 8, 8), shards=2, rows=32, classes=2)
     return {"latents": str(latents), "config": str(write_config(root / "c.yaml")), "model": str(model_folder(root)),
             "root": root}
 
