@@ -28,7 +28,8 @@ def test_train_step_bench():
 
 
 def test_tangent_accuracy_bench():
-    out = run("bench/tangent_accuracy.py", "--step-sizes", "1e-2")
+    out = run("bench/tangent_accuracy.py", "--step-sizes", "1e-2", "--b2-shape", "hidden_size=32,num_heads=2",
+              "--batch", "2")
     assert out.count("| FD fp32 | 1e-02 (default) |") == 2 and out.count("| bf16 | finite difference | fp32 |") == 2
 
 

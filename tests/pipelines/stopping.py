@@ -1,5 +1,5 @@
 """Sending SIGTERM or Ctrl-C (SIGINT) to real `imf` processes, to the process alone and to its whole process group,
-four cases side by side (tests/pipelines/test_signals.py, tests/pipelines/ops/test_submit_cluster.py)."""
+the cases of a command side by side (tests/pipelines/test_signals.py, tests/pipelines/ops/test_submit_cluster.py)."""
 
 import os
 import signal
@@ -16,6 +16,7 @@ from tests.run_hooks import hooks_file
 
 ROOT = Path(__file__).resolve().parents[2]
 CASES = [(signal.SIGTERM, "alone"), (signal.SIGTERM, "group"), (signal.SIGINT, "alone"), (signal.SIGINT, "group")]
+USUAL = [(signal.SIGTERM, "alone"), (signal.SIGINT, "group")]  # `kill` or a container's stop; Ctrl-C in a terminal
 NAMES = {signal.SIGTERM: "SIGTERM", signal.SIGINT: "Ctrl-C"}
 DUMPS = ("Traceback", "*** SIGTERM received", "*** SIGINT received", "Aborted", "core dumped", "Fatal Python error")
 
@@ -55,11 +56,11 @@ class Stoppable:
         return status, self.text, [p.name() for p in alive]
 
 
-def stop_each_way(tmp_path, argv_in, ready, timeout=300) -> list:
+def stop_each_way(tmp_path, argv_in, ready, timeout=300, cases=CASES) -> list:
     """Start one process per case (argv_in(folder) -> argv), signal each once ready(process) holds; the results
     [(signal, way, status, output, survivors)]."""
     runs = []
-    for signum, way in CASES:
+    for signum, way in cases:
         folder = tmp_path / f"{signal.Signals(signum).name}-{way}"
         folder.mkdir()
         runs.append((signum, way, Stoppable(argv_in(folder), folder)))

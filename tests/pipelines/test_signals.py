@@ -1,9 +1,11 @@
 """SIGTERM and Ctrl-C (SIGINT) to a real process of each long-running command, sent to the process alone and to its
 whole process group (as `timeout`, a terminal or a container's stop delivers them). Each case ends with one line and
 the command's status (143 / 130; 75 with a checkpoint for `imf train`; 0 for `imf serve`), no stack dump and no
-traceback, and leaves no process of its own behind. The four cases of a command run side by side (stopping.py); a
-gate in the tests' hooks (tests/run_hooks.py) holds encode, sample and evaluate mid-run until the signal. `imf
-submit`: tests/pipelines/ops/test_submit_cluster.py."""
+traceback, and leaves no process of its own behind. The cases of a command run side by side (stopping.py): all four
+for `imf encode` (a local Ray instance with Ray Data workers) and `imf evaluate` (none), the usual two for the rest
+(SIGTERM to the process alone, as `kill` or a container's stop sends it; Ctrl-C to the group, as a terminal sends
+it), which go through the same handler. A gate in the tests' hooks (tests/run_hooks.py) holds encode, sample and
+evaluate mid-run until the signal. `imf submit`: tests/pipelines/ops/test_submit_cluster.py."""
 
 import signal
 
@@ -13,7 +15,7 @@ import pytest
 from tests.infra.local_cluster import free_port
 from tests.pipelines.latent_sets import write_latent_set
 from tests.pipelines.model_helpers import model_folder
-from tests.pipelines.stopping import NAMES, assert_stopped, batch_status, stop_each_way
+from tests.pipelines.stopping import NAMES, USUAL, assert_stopped, batch_status, stop_each_way
 from tests.pipelines.train_helpers import batch_log, digits_tree, write_config
 from tests.run_hooks import begun
 
@@ -32,7 +34,7 @@ def test_sample(tmp_path):
     model = model_folder(tmp_path)
     results = stop_each_way(tmp_path, lambda f: ["sample", "--model", str(model), "--num", "16", "--shard-size", "4",
                                                  "--out", str(f / "samples")],
-                            lambda p: begun(p.folder / "hooks", "sample_shard"))
+                            lambda p: begun(p.folder / "hooks", "sample_shard"), cases=USUAL)
     assert_stopped(results, batch_status, lambda s: f"imf sample: stopped ({NAMES[s]}); the shards written are kept")
 
 
@@ -53,7 +55,7 @@ def test_train_checkpoints_and_exits_75(tmp_path):
     results = stop_each_way(tmp_path, lambda f: ["train", "--data", str(latents), "--config", str(config),
                                                  "--workers", "1", "--storage", str(f / "runs"), "--name", "r",
                                                  "--tracking-uri", f"sqlite:///{f}/mlflow.db"],
-                            lambda p: len(batch_log(p.folder / "hooks", 0)) >= 2)
+                            lambda p: len(batch_log(p.folder / "hooks", 0)) >= 2, cases=USUAL)
     assert_stopped(results, lambda s: 75, lambda s: "Continue with the same command and --resume r")
     for signum, _, _, text, _ in results:
         said = "stopped (Ctrl-C)" if signum == signal.SIGINT else "preempted (SIGTERM)"
@@ -63,7 +65,7 @@ def test_train_checkpoints_and_exits_75(tmp_path):
 def test_serve_stops_with_status_0(tmp_path):
     model = model_folder(tmp_path)
     results = stop_each_way(tmp_path, lambda f: ["serve", "--model", str(model), "--port", str(free_port())],
-                            lambda p: " at http://127.0.0.1:" in p.text)
+                            lambda p: " at http://127.0.0.1:" in p.text, cases=USUAL)
     assert_stopped(results, lambda s: 0, lambda s: "imf serve: stopped")
 
 
@@ -73,5 +75,5 @@ def test_tune(tmp_path):
                                                  "--max-steps", "100000", "--evals", "4", "--eval-samples", "16",
                                                  "--storage", str(f / "runs"), "--max-concurrent", "1",
                                                  "--tracking-uri", f"sqlite:///{f}/mlflow.db"],
-                            lambda p: "running up to 1 trial(s) at a time" in p.text)  # Tune's fit begins
+                            lambda p: "running up to 1 trial(s) at a time" in p.text, cases=USUAL)  # Tune's fit begins
     assert_stopped(results, batch_status, lambda s: f"imf tune: stopped ({NAMES[s]})")
