@@ -16,7 +16,7 @@ from pipelines.config import load_config
 from pipelines.data.latent_check import check_latent_set
 from tests.pipelines.damaged_cases import evaluate_cases, latent_cases
 from tests.pipelines.latent_sets import write_latent_set
-from tests.pipelines.test_refusals import RayStarted, no_ray  # noqa: F401 - a fixture
+from tests.pipelines.test_refusals import RayStarted, no_ray, run_cases  # noqa: F401 - no_ray: a fixture
 from tests.pipelines.train_helpers import write_config
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.usefixtures("no_ray")]  # Ray must never start here
@@ -45,17 +45,6 @@ def refusal_problem(argv, work: Path, capsys, needles) -> str | None:
     return f"message does not name {missing}: {text[-600:]}" if missing else None
 
 
-def run_cases(cases, work, capsys, label):
-    problems = {}
-    for case_id, argv, needles in cases:
-        problem = refusal_problem(argv, work, capsys, needles)
-        if problem:
-            problems[case_id] = problem
-    with capsys.disabled():
-        print(f"\n{label}: {len(cases)} cases, {len(cases) - len(problems)} refused cleanly")
-    return problems
-
-
 def test_damaged_latent_sets_are_refused_by_imf_train_before_ray_starts(tmp_path, monkeypatch, capsys):
     work = tmp_path / "work"
     work.mkdir()
@@ -66,7 +55,7 @@ def test_damaged_latent_sets_are_refused_by_imf_train_before_ray_starts(tmp_path
                         "--tracking-uri", store, *extra], needles)
              for case_id, folder, extra, needles in latent_cases(tmp_path / "sets")]
     assert len(cases) >= 50
-    problems = run_cases(cases, work, capsys, "damaged latent sets (imf train)")
+    problems = run_cases(cases, work, capsys, "damaged latent sets (imf train)", refusal_problem)
     assert not problems, "\n".join(f"{k}: {v}" for k, v in problems.items())
 
 
@@ -90,7 +79,7 @@ def test_damaged_sample_folders_and_references_are_refused_by_imf_evaluate(tmp_p
                         "--out", str(tmp_path / "metrics.json"), "--tracking-uri", store], needles)
              for case_id, given, needles in evaluate_cases(tmp_path / "sets")]
     assert len(cases) >= 35
-    problems = run_cases(cases, work, capsys, "damaged sample folders and references (imf evaluate)")
+    problems = run_cases(cases, work, capsys, "damaged sample folders and references (imf evaluate)", refusal_problem)
     assert not problems, "\n".join(f"{k}: {v}" for k, v in problems.items())
     assert not (tmp_path / "metrics.json").exists() and not (tmp_path / "store").exists()
 

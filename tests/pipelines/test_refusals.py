@@ -95,14 +95,16 @@ def refusal_problem(argv, work: Path, capsys, needle) -> str | None:
     return None
 
 
-def run_cases(cases, work, capsys, label):
+def run_cases(cases, work, capsys, label, problem_of=refusal_problem) -> dict:
+    """{case id: what went wrong} of cases (case id, argv, expected), each judged by problem_of(argv, work, capsys,
+    expected) (test_damaged_corpus.py passes its own); prints how many were refused cleanly."""
     problems = {}
-    for case_id, argv, needle in cases:
-        problem = refusal_problem(argv, work, capsys, needle)
+    for case_id, argv, expected in cases:
+        problem = problem_of(argv, work, capsys, expected)
         if problem:
             problems[case_id] = problem
     with capsys.disabled():
-        print(f"\n{label}: {len(cases)} tried, {len(cases) - len(problems)} refused cleanly")
+        print(f"\n{label}: {len(cases)} cases, {len(cases) - len(problems)} refused cleanly")
     return problems
 
 
