@@ -36,10 +36,9 @@ NOISY_ON_LOCAL_INSTANCES = ray_seams.NOISY_LOGGERS
 
 def setup_local_worker():
     """worker_process_setup_hook of local instances: see NOISY_ON_LOCAL_INSTANCES, defer_sigterm and
-    without_data_shutdown_race. Also names
-    this instance in RAY_ADDRESS: where several Ray instances run on one machine, Ray's own helpers in the workers
-    (Train's watchdog asks the State API with no address) would otherwise fail on "found multiple active Ray
-    instances"."""
+    without_data_shutdown_race. Also names this instance in RAY_ADDRESS: where several Ray instances run on one
+    machine, Ray's own helpers in the workers (Train's watchdog asks the State API with no address) would otherwise
+    fail on "found multiple active Ray instances"."""
     import ray
 
     for name, level in NOISY_ON_LOCAL_INSTANCES.items():

@@ -97,7 +97,7 @@ def iter_image_batches(path, batch_size=256, crop=None):
     `crop` (image files and Parquet only): ADM's centre crop to crop x crop."""
     path = Location.of(path)
     if not path.exists():
-        raise UserError(f"{path} not found: give a folder of images, such as the one `imf sample` wrote")
+        raise not_found(path)
     files = [path] if path.is_file() else [path.join(rel) for rel in path.files()]
     npz = [f for f in files if f.name.lower().endswith(".npz")]
     parquet = [f for f in files if f.name.lower().endswith(".parquet")]
@@ -108,8 +108,18 @@ def iter_image_batches(path, batch_size=256, crop=None):
         return _parquet_batches(parquet, batch_size, crop)
     if pictures:
         return _file_batches(path, pictures, batch_size, crop)
-    raise UserError(f"{path}: no .npz, .parquet, .png or .jpg files: give a folder of images, such as the one `imf "
-                    "sample` wrote")
+    raise no_image_files(path)
+
+
+def not_found(path) -> UserError:
+    """The refusal of a samples or reference path that does not exist (here and in set_check)."""
+    return UserError(f"{path} not found: give a folder of images, such as the one `imf sample` wrote")
+
+
+def no_image_files(path) -> UserError:
+    """The refusal of a folder that holds no file of a kind an image set is read from (here and in set_check)."""
+    return UserError(f"{path}: no .npz, .parquet, .png or .jpg files: give a folder of images, such as the one "
+                     "`imf sample` wrote")
 
 
 @dataclass

@@ -21,7 +21,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..storage import Location
-from .image_sets import IMAGE_SUFFIXES
+from .image_sets import IMAGE_SUFFIXES, no_image_files, not_found
 
 MAX_LISTED = 5
 HEADER_THREADS = 16
@@ -133,8 +133,7 @@ def set_files(path: Location) -> list[Location]:
         chosen = [f for f in files if f.name.lower().endswith(suffixes)]
         if chosen:
             return chosen if suffixes != IMAGE_SUFFIXES or path.is_local else []
-    raise UserError(f"{path}: no .npz, .parquet, .png or .jpg files: give a folder of images, such as the one `imf "
-                    "sample` wrote")
+    raise no_image_files(path)
 
 
 def set_problems(path: Location, summaries: dict, reference, pixel_metrics: bool) -> list[str]:
@@ -193,7 +192,7 @@ def check_image_set(path, reference=None, metrics: str = "auto"):
     score; reference: a loaded Reference (None: only the set itself is checked)."""
     path = Location.of(path)
     if not path.exists():
-        raise UserError(f"{path} not found: give a folder of images, such as the one `imf sample` wrote")
+        raise not_found(path)
     files = set_files(path)
     with ThreadPoolExecutor(max_workers=max(1, min(HEADER_THREADS, len(files)))) as pool:
         summaries = dict(zip(files, pool.map(summarize, files)))
