@@ -172,6 +172,8 @@ def generator_options(spec: AppSpec, cluster_gpus: float) -> dict:
         options["autoscaling_config"] = {
             "min_replicas": spec.min_replicas, "max_replicas": spec.max_replicas,
             "target_ongoing_requests": spec.target_ongoing_requests or CALLS_PER_REPLICA}
+        if spec.upscale_delay_s is not None:
+            options["autoscaling_config"]["upscale_delay_s"] = spec.upscale_delay_s
     else:
         options["num_replicas"] = int(spec.num_replicas)
     return options

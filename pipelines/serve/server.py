@@ -100,6 +100,9 @@ def register(steps):
     p.add_argument("--target-ongoing-requests", type=float, default=None,
                    help="with --num-replicas auto: calls per replica to scale at (a call: the requests an "
                         "ingress gathered; default 2, one running and one gathering)")
+    p.add_argument("--upscale-delay-s", type=float, default=None,
+                   help="with --num-replicas auto: seconds of load above the target before a replica is added "
+                        "(default Serve's, 30)")
     p.add_argument("--gpus-per-replica", type=float, default=None, help="default 1 when the cluster has GPUs")
     p.add_argument("--cpus-per-replica", type=float, default=1.0)
     p.add_argument("--ingress-replicas", type=int, default=1, help="HTTP ingress replicas")

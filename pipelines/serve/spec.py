@@ -22,6 +22,7 @@ class AppSpec:
     min_replicas: int = 1
     max_replicas: int = 4
     target_ongoing_requests: float | None = None
+    upscale_delay_s: float | None = None
     gpus_per_replica: float | None = None
     cpus_per_replica: float = 1.0
     ingress_replicas: int = 1
@@ -36,6 +37,9 @@ class AppSpec:
                             "a request's images go through the network in one batch")
         if self.batch_wait_ms < 0 or self.poll_seconds <= 0 or self.cpus_per_replica < 0:
             raise UserError("--batch-wait-ms and --cpus-per-replica must be >= 0, --poll-seconds > 0")
+        if self.upscale_delay_s is not None and self.upscale_delay_s < 0:
+            raise UserError(f"--upscale-delay-s {self.upscale_delay_s} must be >= 0 (seconds of load before a "
+                            "replica is added)")
         replicas = str(self.num_replicas)
         if not (replicas == "auto" or replicas.isdigit() and int(replicas) >= 1):
             raise UserError(f"--num-replicas {replicas!r}: a number >= 1, or auto (between --min-replicas and "

@@ -9,8 +9,9 @@ from tests.pipelines.train_helpers import digits_tree, write_config
 MODEL = "imf-cluster-test"
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def head():
+    """One head for the file's tests: each submits jobs of its own (distinct submission ids)."""
     cluster = LocalHead(num_cpus=4).start()
     try:
         yield cluster
@@ -75,15 +76,15 @@ def test_submitted_train_reaches_the_server_and_the_registry(tmp_path, head, mlf
 
 @pytest.mark.timeout(600)
 def test_a_signal_stops_following_and_leaves_the_job(tmp_path, head):
-    """SIGTERM and Ctrl-C, to the process alone and to its group, while `imf submit` follows a job that waits for a
-    GPU this cluster lacks: it stops following (143 / 130) and the job is still there."""
+    """SIGTERM to the process alone and Ctrl-C to its group (stopping.USUAL), while `imf submit` follows a job
+    that waits for a GPU this cluster lacks: it stops following (143 / 130) and the job is still there."""
     from ray.job_submission import JobSubmissionClient
 
-    from tests.pipelines.stopping import assert_stopped, batch_status, stop_each_way
+    from tests.pipelines.stopping import USUAL, assert_stopped, batch_status, stop_each_way
 
     results = stop_each_way(tmp_path, lambda f: ["submit", "--address", head.url, "--submission-id", f"wait-{f.name}",
                                                  "--entrypoint-gpus", "1", "data", "embedded", "--out", str(f / "d")],
-                            lambda p: "submitted to" in p.text)
+                            lambda p: "submitted to" in p.text, cases=USUAL)
     assert_stopped(results, batch_status, lambda s: "stopped following; job wait-")
     jobs = {job.submission_id: job.status for job in JobSubmissionClient(head.url).list_jobs()}
     assert all(jobs.get(f"wait-{sig.name}-{way}") == "PENDING" for sig, way, *_ in results), jobs

@@ -197,14 +197,14 @@ def test_the_champion_alias_is_followed_without_a_restart(server, store, sampled
 def test_autoscaled_generators_add_a_replica_under_load(server, store, sampled):
     """--num-replicas auto: 8 clients keep asking for 16 images each, a request fills a batch, so the ingress keeps
     its four calls out (two per replica of at most two) and they queue at the one replica; Serve starts a second
-    (its upscale delay is Ray's default, 30 s), and every answer is still the right images."""
+    (after --upscale-delay-s 2), and every answer is still the right images."""
     from ray import serve
 
     from pipelines.serve.app import build_app
     from pipelines.serve.server import ServeSpec
 
     spec = ServeSpec(model=str(store.folders[0]), num_replicas="auto", min_replicas=1, max_replicas=2,
-                     cpus_per_replica=0.5, max_batch_size=16, max_images=16, batch_wait_ms=20)
+                     cpus_per_replica=0.5, max_batch_size=16, max_images=16, batch_wait_ms=20, upscale_delay_s=2)
     serve.run(build_app(spec), name="imf-auto", route_prefix="/auto")
     deployment = lambda: serve.status().applications["imf-auto"].deployments["ImageGenerator"]  # noqa: E731
     assert deployment().replica_states.get("RUNNING") == 1

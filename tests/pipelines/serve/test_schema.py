@@ -76,6 +76,8 @@ def test_replicas_fixed_or_autoscaled_with_a_gpu_each_when_the_cluster_has_them(
     options = generator_options(serve_spec("--num-replicas", "auto", "--max-replicas", "8"), cluster_gpus=16)
     assert "num_replicas" not in options and options["ray_actor_options"]["num_gpus"] == 1
     assert options["autoscaling_config"] == {"min_replicas": 1, "max_replicas": 8, "target_ongoing_requests": 2}
+    options = generator_options(serve_spec("--num-replicas", "auto", "--upscale-delay-s", "2"), cluster_gpus=0)
+    assert options["autoscaling_config"]["upscale_delay_s"] == 2.0
     assert generator_options(serve_spec("--gpus-per-replica", "0.5"), 8)["ray_actor_options"]["num_gpus"] == 0.5
 
 
@@ -83,6 +85,7 @@ def test_replicas_fixed_or_autoscaled_with_a_gpu_each_when_the_cluster_has_them(
     (["--max-images", "64", "--max-batch-size", "32"], "--max-images 64 is above --max-batch-size 32"),
     (["--num-replicas", "many"], "--num-replicas 'many'"),
     (["--num-replicas", "auto", "--min-replicas", "5", "--max-replicas", "2"], "--min-replicas 5"),
+    (["--num-replicas", "auto", "--upscale-delay-s", "-1"], "--upscale-delay-s -1.0 must be >= 0"),
     (["--detach"], "--detach needs --address"),
     (["--port", "0"], "--port 0"),
 ])

@@ -1,7 +1,8 @@
 """Preemption (issue 13): SIGTERM to the `imf train` driver or to a worker stops the run at the next step
 boundary with a checkpoint and exit status 75; `--resume` then ends bit-identical (model, EMA, optimizer,
 data position) to an uninterrupted run. The driver's run is also where a 2-worker local training is checked
-to listen on loopback only."""
+to listen on loopback only, and, as every command in test_signals.py, to end with no stack dump or traceback
+and no process of its own left behind."""
 
 import json
 import os
@@ -12,10 +13,12 @@ import threading
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pipelines.train.preemption import PREEMPTED
 from tests.pipelines.listening import exposed, listening
+from tests.pipelines.stopping import DUMPS
 from tests.pipelines.train_helpers import batch_log, train, write_config
 from tests.run_hooks import hooks_file
 
@@ -101,12 +104,17 @@ def test_sigterm_to_a_worker_then_to_the_driver_and_resume_is_bit_identical(setu
     argv = ["train", "--data", str(latents), "--config", str(config), "--workers", "2", "--storage", str(runs),
             "--name", "stopped", "--tracking-uri", f"sqlite:///{runs}/mlflow.db", "--resume", "stopped"]
     proc = driver_process(argv, hooks=hooks_file(debug))
-    sent = signal_when(debug, 0, lambda: proc.pid, before=lambda: listening(proc.pid), at_step=first + 2)
+    sent = signal_when(debug, 0, lambda: proc.pid, at_step=first + 2,
+                       before=lambda: (listening(proc.pid), psutil.Process(proc.pid).children(recursive=True)))
     text, _ = proc.communicate(timeout=480)
     driver_exit = time.monotonic() - sent["at"]
-    sockets = sent["before"]
+    sockets, family = sent["before"]
     assert len(sockets) >= 5 and not exposed(sockets), f"listening beyond loopback: {exposed(sockets)}"
     assert proc.returncode == PREEMPTED and "preempted (SIGTERM)" in text, text[-2000:]
+    assert "Continue with the same command and --resume stopped" in text, text[-2000:]
+    assert not [d for d in DUMPS if d in text], f"a dump or traceback:\n{text[-3000:]}"
+    _, alive = psutil.wait_procs(family, timeout=20)
+    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], f"left running: {alive}"
     second = max(s for s in checkpoints(runs / "stopped"))
     assert first < second < STEPS and driver_exit < BOUND_S, (second, driver_exit)
 
