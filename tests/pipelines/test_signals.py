@@ -35,7 +35,7 @@ def test_encode(tmp_path):
 def test_sample(tmp_path):
     model = model_folder(tmp_path)
     results = stop_each_way(tmp_path, lambda f: ["sample", "--model", str(model), "--num", "16", "--shard-size", "4",
-                                                 "--out", str(f / "samples")],
+                                                 "--actors", "1", "--out", str(f / "samples")],
                             lambda p: begun(p.folder / "hooks", "sample_shard"), cases=USUAL)
     assert_stopped(results, batch_status, lambda s: f"imf sample: stopped ({NAMES[s]}); the shards written are kept")
 
