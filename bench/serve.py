@@ -176,7 +176,7 @@ def main():
           f"{statistics.median(rates):.1f} requests/s")
     from ray import serve
 
-    serve.shutdown()
+    serve.delete("imf")  # as `imf serve` ends; serve.shutdown() would kill the controller mid-call (a raylet warning)
 
 
 if __name__ == "__main__":
