@@ -176,7 +176,9 @@ def main():
           f"{statistics.median(rates):.1f} requests/s")
     from ray import serve
 
-    serve.delete("imf")  # as `imf serve` ends; serve.shutdown() would kill the controller mid-call (a raylet warning)
+    from pipelines.serve.server import ServeSpec
+
+    serve.delete(ServeSpec.name)  # as `imf serve` ends: serve.shutdown() kills the controller mid-call
 
 
 if __name__ == "__main__":

@@ -48,12 +48,24 @@ class Stoppable:
     def end(self, timeout=180):
         """(exit status, output, processes it started that are still alive)."""
         status = self.proc.wait(timeout=timeout)
-        _, alive = psutil.wait_procs(self.family, timeout=20)
-        alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
-        for p in alive:
-            p.kill()
+        alive = survivors(self.family)
         time.sleep(0.5)  # the reader thread takes the last lines
-        return status, self.text, [p.name() for p in alive]
+        return status, self.text, alive
+
+
+def survivors(family: list, grace: float = 20) -> list[str]:
+    """Names of the processes of `family` (a command's descendants, taken before it was stopped) still running
+    `grace` seconds on; they are killed, so that a failing test leaves nothing behind."""
+    _, alive = psutil.wait_procs(family, timeout=grace)
+    alive = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    for p in alive:
+        p.kill()
+    return [p.name() for p in alive]
+
+
+def dumps(text: str) -> list[str]:
+    """The marks of a stack dump or traceback in a command's output."""
+    return [d for d in DUMPS if d in text]
 
 
 def stop_each_way(tmp_path, argv_in, ready, timeout=300, cases=CASES) -> list:
@@ -80,12 +92,12 @@ def stop_each_way(tmp_path, argv_in, ready, timeout=300, cases=CASES) -> list:
 
 
 def assert_stopped(results, status_of, line_of):
-    for signum, way, status, text, survivors in results:
+    for signum, way, status, text, left in results:
         case = f"{NAMES[signum]} to the {'process group' if way == 'group' else 'process alone'}"
         assert status == status_of(signum), f"{case}: exit {status}\n{text[-3000:]}"
         assert line_of(signum) in text, f"{case}: no {line_of(signum)!r}\n{text[-3000:]}"
-        assert not [d for d in DUMPS if d in text], f"{case}: a dump or traceback\n{text[-3000:]}"
-        assert not survivors, f"{case}: left running: {survivors}"
+        assert not dumps(text), f"{case}: a dump or traceback\n{text[-3000:]}"
+        assert not left, f"{case}: left running: {left}"
 
 
 def batch_status(signum):

@@ -59,7 +59,7 @@ def test_train_checkpoints_and_exits_75(tmp_path):
                                                  "--tracking-uri", f"sqlite:///{f}/mlflow.db"],
                             lambda p: len(batch_log(p.folder / "hooks", 0)) >= 2, cases=[(signal.SIGINT, "group")])
     assert_stopped(results, lambda s: 75, lambda s: "Continue with the same command and --resume r")
-    text = results[0][3]
+    [(_, _, _, text, _)] = results
     assert "stopped (Ctrl-C)" in text and "checkpoint" in text, text[-2000:]
 
 

@@ -18,7 +18,7 @@ import pytest
 
 from pipelines.train.preemption import PREEMPTED
 from tests.pipelines.listening import exposed, listening
-from tests.pipelines.stopping import DUMPS
+from tests.pipelines.stopping import dumps, survivors
 from tests.pipelines.train_helpers import batch_log, train, write_config
 from tests.run_hooks import hooks_file
 
@@ -112,9 +112,9 @@ def test_sigterm_to_a_worker_then_to_the_driver_and_resume_is_bit_identical(setu
     assert len(sockets) >= 5 and not exposed(sockets), f"listening beyond loopback: {exposed(sockets)}"
     assert proc.returncode == PREEMPTED and "preempted (SIGTERM)" in text, text[-2000:]
     assert "Continue with the same command and --resume stopped" in text, text[-2000:]
-    assert not [d for d in DUMPS if d in text], f"a dump or traceback:\n{text[-3000:]}"
-    _, alive = psutil.wait_procs(family, timeout=20)
-    assert not [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE], f"left running: {alive}"
+    assert not dumps(text), f"a dump or traceback:\n{text[-3000:]}"
+    left = survivors(family)
+    assert not left, f"left running: {left}"
     second = max(s for s in checkpoints(runs / "stopped"))
     assert first < second < STEPS and driver_exit < BOUND_S, (second, driver_exit)
 
